@@ -1,10 +1,11 @@
 """Epoch time of poisonlab's trainer against the DataLoader + PIL loop of the papers' repositories.
 
-Same model (smallcnn), data, batch size and augmentation (crop with padding 4 + flip) on both
+Same model (smallcnn unless --arch), data, batch size and augmentation (crop with padding 4 + flip) on both
 sides; each side trains one epoch and scores the test set, then runs its data path alone
 (loading + augmentation, no model). Run on demand:
 
     .venv/bin/python benchmarks/trainer_throughput.py [--epochs 2] [--workers 2] [--device auto]
+        [--arch smallcnn] [--cifar-train 5000] [--skip-mnist]
 
 The reference loop is written as the papers' repositories write theirs: a torchvision Dataset
 that turns each uint8 array into a PIL image, torchvision PIL transforms, a shuffling
@@ -72,14 +73,15 @@ def reference_epoch(model, train_loader, test_loader, device) -> None:
             model(x.to(device)).argmax(1).eq(y.to(device)).sum().item()
 
 
-def measure(name: str, dataset, *, epochs: int, batch_size: int, workers: int, device: torch.device) -> dict:
+def measure(name: str, dataset, *, arch: str, epochs: int, batch_size: int, workers: int,
+            device: torch.device) -> dict:
     height, _, channels = dataset.image_shape
     recipe = Recipe.from_dict({"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "schedule": "constant",
                                "augment": {"crop": {"padding": 4}, "flip": {}}})
 
     def new_model():
         torch.manual_seed(0)
-        return build_model("smallcnn", num_classes=dataset.num_classes, in_channels=channels,
+        return build_model(arch, num_classes=dataset.num_classes, in_channels=channels,
                            image_size=height).to(device)
 
     train_loader, test_loader = reference_loaders(dataset, batch_size, workers)
@@ -113,7 +115,7 @@ def measure(name: str, dataset, *, epochs: int, batch_size: int, workers: int, d
 
     n = len(dataset.x_train)
     row = {
-        "dataset": name, "train_images": n, "batch_size": batch_size, "workers": workers, "device": str(device),
+        "dataset": name, "arch": arch, "train_images": n, "batch_size": batch_size, "workers": workers, "device": str(device),
         "reference_epoch_s": reference_seconds, "ours_epoch_s": ours_seconds,
         "reference_images_per_s": n / reference_seconds, "ours_images_per_s": n / ours_seconds,
         "epoch_speedup": reference_seconds / ours_seconds,
@@ -132,11 +134,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cifar", default=str(SHARED_CIFAR), help="cifar10-jpeg tarball or folder")
     parser.add_argument("--cifar-train", type=int, default=5000)
+    parser.add_argument("--arch", default="smallcnn", help="any registered arch, e.g. resnet18 on a GPU")
+    parser.add_argument("--skip-mnist", action="store_true", help="only the cifar10-jpeg measurement")
     args = parser.parse_args()
     device = pick_device(args.device)
-    settings = dict(epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, device=device)
+    settings = dict(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers,
+                    device=device)
 
-    rows = [measure("mnist5k", build_dataset("mnist5k"), **settings)]
+    rows = [] if args.skip_mnist else [measure("mnist5k", build_dataset("mnist5k"), **settings)]
     if Path(args.cifar).exists():
         cifar = build_dataset("cifar10-jpeg", options={"path": args.cifar},
                               subset={"train": args.cifar_train, "test": 1000})

@@ -11,7 +11,7 @@ from poisonlab import tracking
 from poisonlab.cli import main as cli
 from poisonlab.config import get_recipe, load_config
 from poisonlab.data import build_dataset
-from poisonlab.training import RunSpec, train_run
+from poisonlab.training.run import RunSpec, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

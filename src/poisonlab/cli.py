@@ -77,7 +77,7 @@ def _data(config: dict, args: argparse.Namespace) -> int:
 
 
 def _train(config: dict, args: argparse.Namespace) -> int:
-    from poisonlab.training import RunSpec, train_run
+    from poisonlab.training.run import RunSpec, train_run
 
     spec = RunSpec(dataset=args.dataset, arch=args.arch, recipe=args.recipe, seed=args.seed,
                    poison=args.poison, defense=args.defense)

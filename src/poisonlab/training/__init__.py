@@ -1,9 +1,12 @@
-"""Training: recipes from config, batched on-device augmentation, a resumable loop, whole runs."""
+"""Training: recipes from config, batched on-device augmentation and a resumable loop.
+
+Whole runs with their MLflow record (``RunSpec``, ``train_run``) live in ``poisonlab.training.run``,
+imported from there so the trainer itself needs no tracking server or MLflow install.
+"""
 
 from poisonlab.training.augment import AUGMENTATIONS, build_augmentations
 from poisonlab.training.loop import DeviceData, TrainResult, evaluate, fit, pick_device
 from poisonlab.training.recipe import OPTIMIZERS, SCHEDULES, Recipe
-from poisonlab.training.run import RunSpec, train_run
 
-__all__ = ["AUGMENTATIONS", "OPTIMIZERS", "SCHEDULES", "DeviceData", "Recipe", "RunSpec", "TrainResult",
-           "build_augmentations", "evaluate", "fit", "pick_device", "train_run"]
+__all__ = ["AUGMENTATIONS", "OPTIMIZERS", "SCHEDULES", "DeviceData", "Recipe", "TrainResult",
+           "build_augmentations", "evaluate", "fit", "pick_device"]
