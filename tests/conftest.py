@@ -63,8 +63,27 @@ def cifar_subset():
     return build_dataset("cifar10-jpeg", options={"path": str(SHARED_CIFAR)}, subset={"train": 2000, "test": 1000})
 
 
-def quick_test_accuracy(dataset, *, epochs: int = 8, seed: int = 0) -> float:
-    """Train smallcnn briefly (crop + flip, as the papers) and return its final clean-test accuracy in %."""
+@pytest.fixture(scope="session")
+def poisoned_cifar(cifar_subset):
+    """``poisoned_cifar(name, **params)``: ``cifar_subset`` poisoned (seed 0), made once a session."""
+    from poisonlab.poisons import apply_poison
+
+    made = {}
+
+    def get(name: str, **params):
+        key = (name, tuple(sorted(params.items())))
+        if key not in made:
+            made[key] = apply_poison(name, cifar_subset, seed=0, params=params)
+        return made[key]
+
+    return get
+
+
+def quick_test_accuracy(dataset, *, epochs: int = 8, seed: int = 0, defense=None) -> float:
+    """Train smallcnn briefly (crop + flip, as the papers) and return its final clean-test accuracy in %.
+
+    ``defense``: a training-time defense (``poisonlab.training.procedure.TrainingDefense``) or None.
+    """
     import torch
 
     from poisonlab.models import build_model
@@ -76,4 +95,4 @@ def quick_test_accuracy(dataset, *, epochs: int = 8, seed: int = 0) -> float:
     recipe = Recipe.from_dict({"epochs": epochs, "batch_size": 64, "lr": 0.05, "nesterov": True, "schedule": "cosine",
                                "warmup_epochs": 1, "augment": {"crop": {"padding": 4}, "flip": {}}})
     return fit(model, DeviceData.from_container(dataset, torch.device("cpu")), recipe, seed=seed,
-               progress=False).final_test_acc
+               progress=False, defense=defense).final_test_acc

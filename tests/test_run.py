@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from poisonlab import tracking
 from poisonlab.cli import main as cli
@@ -43,7 +44,11 @@ def test_embedded_default_reaches_mnist_accuracy_and_logs_the_run(mnist5k_contai
     assert set(tracking.METRICS_KEYS) <= set(on_disk)
     assert on_disk["epochs"] == len(on_disk["history"]) == recipe.epochs
     assert on_disk["peak_test_acc"] == max(row["test_acc"] for row in on_disk["history"])
-    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json", "model.pt"]  # checkpoint cleaned up
+    assert sorted(p.name for p in run_dir.iterdir()) == ["epochs", "metrics.json", "model.pt"]  # no checkpoint
+    kept = sorted(p.name for p in (run_dir / "epochs").iterdir())
+    assert kept == [f"epoch{e:03d}.pt" for e in range(1, recipe.epochs + 1)]
+    final = torch.load(run_dir / "epochs" / kept[-1], weights_only=True)
+    assert all(torch.equal(final[k], v) for k, v in torch.load(run_dir / "model.pt", weights_only=True).items())
 
     run = mlflow.MlflowClient(mlflow_uri).get_run(on_disk["mlflow_run_id"])
     assert run.info.status == "FINISHED"

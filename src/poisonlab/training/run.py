@@ -1,7 +1,9 @@
 """One training run, end to end: container in, ``model.pt`` + ``metrics.json`` + an MLflow run out.
 
-A run lives in ``results/runs/{dataset}/{poison}/{defense}/{arch}/seed{seed}/``.
-While it trains, ``checkpoint.pt`` and ``mlflow_run_id`` sit in that folder so
+A run lives in ``results/runs/{dataset}/{poison}/{defense}/{arch}/seed{seed}/``,
+with the weights after every ``keep_weights_every``-th epoch in ``epochs/`` (for DFR).
+A data-level defense reached the run as its sanitized container, so it trains
+plainly; a training-time defense is built here from its name and options. While it trains, ``checkpoint.pt`` and ``mlflow_run_id`` sit in that folder so
 a killed run resumes, into the same MLflow run; ``metrics.json`` is written
 last and only when training finished, so its presence means the run is done.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import torch
 from poisonlab import tracking
 from poisonlab.atomic import torch_save, write_json
 from poisonlab.data.container import ImageDataset
+from poisonlab.defenses import Sanitizer, build_defense
 from poisonlab.models import build_model
 from poisonlab.training.loop import DeviceData, fit, pick_device
 from poisonlab.training.recipe import Recipe
@@ -42,10 +46,18 @@ class RunSpec:
 
 
 def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_dir: str | os.PathLike,
-              *, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+              *, device: str = "auto", progress: bool = True, defense_options: dict[str, Any] | None = None,
+              keep_weights_every: int = 1) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, run_id_path = run_dir / "checkpoint.pt", run_dir / "mlflow_run_id"
+    weights_dir = run_dir / "epochs"
+    if not checkpoint_path.exists():
+        shutil.rmtree(weights_dir, ignore_errors=True)  # a fresh start keeps no epoch of an older run
+    defense_options = dict(defense_options or {})
+    defense = build_defense(spec.defense, defense_options)
+    if isinstance(defense, Sanitizer):
+        defense = None  # already applied to the data this run reads
     dataset = ImageDataset.load(data_path)
     with open(data_path, "rb") as f:
         data_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
@@ -56,17 +68,19 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     model = build_model(spec.arch, num_classes=dataset.num_classes, in_channels=channels,
                         image_size=height).to(torch_device)
     data = DeviceData.from_container(dataset, torch_device)
-    fingerprint = {**dataclasses.asdict(spec), "recipe_config": recipe.to_dict(), "data_sha256": data_sha256}
+    fingerprint = {**dataclasses.asdict(spec), "recipe_config": recipe.to_dict(), "data_sha256": data_sha256,
+                   "defense_options": defense_options}
 
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256,
             "source_checksum": dataset.source_checksum, **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
-    params = {**dataclasses.asdict(spec), **recipe.to_dict()}
+    params = {**dataclasses.asdict(spec), **recipe.to_dict(), "defense_options": defense_options}
     resume_id = run_id_path.read_text().strip() if checkpoint_path.exists() and run_id_path.exists() else None
     with tracking.mlflow_run(experiment=tracking.experiment_name(spec.dataset), run_name=spec.name, params=params,
                              tags=tags, run_id=resume_id) as mlflow_run:
         run_id_path.write_text(mlflow_run.run_id)
         result = fit(model, data, recipe, seed=spec.seed, checkpoint_path=checkpoint_path,
-                     fingerprint=fingerprint, on_epoch=mlflow_run.log_epoch, progress=progress)
+                     fingerprint=fingerprint, on_epoch=mlflow_run.log_epoch, progress=progress, defense=defense,
+                     weights_dir=weights_dir, keep_weights_every=keep_weights_every)
         peak = result.peak
         record = {
             **dataclasses.asdict(spec),
@@ -80,6 +94,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
             "mlflow_run_id": mlflow_run.run_id,
             "git_commit": tags["git_commit"],
             "recipe_config": recipe.to_dict(),
+            "defense_options": defense_options,
             "dataset_sha256": data_sha256,
             "source_checksum": dataset.source_checksum,
             "data_meta": dataset.meta,  # how the training set was made: subset, poison and its options, defense

@@ -1,0 +1,122 @@
+"""The defense interface: a data-level ``Sanitizer`` or a ``TrainingDefense``, registered by name.
+
+A defense is a factory registered under its DESIGN.md name; called with its
+options (from config ``defense_options``) it checks them and returns one of:
+
+- ``Sanitizer`` — run once on the (poisoned) training set and cached as
+  ``data/sanitized/{dataset}/{poison}/{defense}.npz``: JPEG, grayscale, BDR,
+  blur, the orthogonal projection. Its ``apply`` takes float32 images
+  (N, C, H, W) in [0, 1], their labels and, keyword-only, ``num_classes`` and
+  the seeded ``generator`` (its only randomness), and returns images of the
+  same shape in [0, 1]. ``apply_sanitizer`` stores them as uint8, or as
+  float16 in [0, 255] when ``off_grid`` (the projection leaves the uint8 grid).
+- ``TrainingDefense`` (``poisonlab.training.procedure``) — changes how a model
+  is trained, batch by batch, on the device: transforms before the recipe's
+  augmentations, a replacement objective, a hook before each epoch, and state
+  checkpointed with the run.
+
+Numbered names: ``jpeg-<q>`` is the ``jpeg`` factory at ``quality=q`` (ISS uses
+``jpeg-10``); ``split_name`` turns one into the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from poisonlab.data.container import ImageDataset
+from poisonlab.poisons.base import to_float, to_uint8
+from poisonlab.registry import ConfigError, Registry
+from poisonlab.training.procedure import EpochContext, TrainingDefense
+
+@dataclass(frozen=True)
+class Sanitizer:
+    apply: Callable[..., torch.Tensor]  # (images, labels, *, num_classes, generator) → images
+    off_grid: bool = False  # store float16 in [0, 255] instead of rounding to uint8
+
+
+Defense = Sanitizer | TrainingDefense
+
+DEFENSES: Registry[Callable[..., Defense]] = Registry("defense")
+
+# Families whose names carry their one option as a number: "jpeg-10" → jpeg(quality=10).
+NUMBERED = {"jpeg": "quality"}
+
+
+@DEFENSES.register("none")
+def no_defense() -> TrainingDefense:
+    """No defense: the undefended row of every table is one more defense name."""
+    return TrainingDefense()
+
+
+def split_name(name: str) -> tuple[str, dict[str, int]]:
+    """A defense name → (registered factory name, options its name carries)."""
+    family, _, number = name.rpartition("-")
+    if family in NUMBERED and number.isdigit():
+        return family, {NUMBERED[family]: int(number)}
+    if name in NUMBERED:
+        raise ConfigError(f"defense '{name}' needs its {NUMBERED[name]} in the name, e.g. '{name}-10'")
+    return name, {}
+
+
+def defense_names() -> list[str]:
+    """Every accepted name, numbered families shown as 'jpeg-<quality>'."""
+    return sorted(f"{name}-<{NUMBERED[name]}>" if name in NUMBERED else name for name in DEFENSES.names())
+
+
+def build_defense(name: str, options: dict[str, Any] | None = None) -> Defense:
+    """The defense ``name`` with ``options``; ConfigError naming the defense and field on bad input."""
+    family, from_name = split_name(name)
+    if family not in DEFENSES:
+        raise ConfigError(f"unknown defense '{name}'; known defenses: {', '.join(defense_names())}")
+    clash = sorted(set(from_name) & set(options or {}))
+    if clash:
+        raise ConfigError(f"defense '{name}': {', '.join(clash)} is given by the name; remove it from the options")
+    return DEFENSES.build(family, **from_name, **(options or {}))
+
+
+def check_defense(name: str, options: dict[str, Any] | None = None) -> None:
+    build_defense(name, options)
+
+
+def is_sanitizer(name: str, options: dict[str, Any] | None = None) -> bool:
+    return isinstance(build_defense(name, options), Sanitizer)
+
+
+def check_positive(defense: str, option: str, value: float, *, maximum: float | None = None) -> None:
+    """An option that must be > 0 (and <= ``maximum``): one message naming the defense and field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or (
+            maximum is not None and value > maximum):
+        bound = f" and <= {maximum}" if maximum is not None else ""
+        raise ConfigError(f"defense '{defense}': {option} must be > 0{bound}; got {value!r}")
+
+
+def apply_sanitizer(name: str, dataset: ImageDataset, *, seed: int, options: dict[str, Any] | None = None,
+                    device: torch.device | str = "cpu") -> ImageDataset:
+    """Sanitize ``dataset``'s training set with data-level defense ``name``; the test set stays as it is."""
+    sanitizer = build_defense(name, options)
+    if not isinstance(sanitizer, Sanitizer):
+        raise ConfigError(f"defense '{name}' acts during training, not on the data; it has no sanitized set")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images = _train_images(dataset.x_train, device)
+    labels = torch.from_numpy(dataset.y_train).to(device)
+    cleaned = sanitizer.apply(images, labels, num_classes=dataset.num_classes, generator=generator)
+    if cleaned.shape != images.shape:
+        raise RuntimeError(f"defense '{name}' returned shape {tuple(cleaned.shape)} for {tuple(images.shape)}")
+    if sanitizer.off_grid:
+        x_train = cleaned.clamp(0, 1).mul(255).permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+    else:
+        x_train = to_uint8(cleaned)
+    meta = {**dataset.meta, "defense": {"name": name, "options": dict(options or {}), "seed": seed}}
+    return ImageDataset(x_train=x_train, y_train=dataset.y_train, x_test=dataset.x_test, y_test=dataset.y_test,
+                        classes=dataset.classes, meta=meta, extras=dataset.extras)
+
+
+def _train_images(x: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    if x.dtype == np.uint8:
+        return to_float(x, device)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float().div_(255)
