@@ -1,0 +1,129 @@
+"""Augmentations as defenses: ``cutout``, ``cutmix``, ``mixup``, and ``ueraser``.
+
+``cutout`` (size 16), ``cutmix`` and ``mixup`` (α = 1) are the augmentations
+the AR paper (Sandoval-Segura et al., "Autoregressive Perturbations for Data
+Poisoning", NeurIPS 2022) trains with as defenses; here they are the recipe's
+own batched augmentations (``poisonlab.training.augment``) with their options
+and defaults, run as the defense's transforms — before the recipe's crop and
+flip rather than after them, which moves a box or a mix by the crop's shift
+and leaves their distribution as it was.
+
+``ueraser``: Qin et al., "Learning the Unlearnable: Adversarial Augmentations
+Suppress Unlearnable Example Attacks" (ICCV 2023 workshop AROW; arXiv
+2303.15127). Each training batch (after the recipe's crop and flip, as in the
+paper's loader) is augmented ``repeats`` times, K = 5 in the paper, by plasma
+brightness, plasma contrast, channel shuffle and TrivialAugment; the loss is
+each image's largest cross-entropy over its K copies, averaged (UEraser-Max).
+The policy's settings are those of the paper's repository (lafeat/ueraser,
+``ueraser.py``): plasma brightness roughness (0.3, 0.7), intensity (0.5, 1),
+p = 0.5; plasma contrast roughness (0.3, 0.7), p = 0.5; channel shuffle
+p = 0.5; kornia's TrivialAugment with its defaults. The repository trains
+the max over copies for the first 50-60 of 200 epochs and one copy
+(UEraser-Lite) after: ``adversarial_epochs`` (default: every epoch), and
+``repeats=1`` is UEraser-Lite throughout. Its training script augments each
+copy by a separate call, so each copy gets its own TrivialAugment operation
+(kornia picks one a call); so do we, then forward all copies as one batch.
+
+kornia draws from torch's global RNG. Each batch's augmentation runs inside
+``torch.random.fork_rng`` seeded by one draw from the run's generator, so that
+generator stays the run's only randomness: a seed fixes every copy and a
+resumed run replays them, and the global RNG is left as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from poisonlab.defenses.base import DEFENSES, check_positive
+from poisonlab.registry import ConfigError
+from poisonlab.training.augment import AUGMENTATIONS
+from poisonlab.training.procedure import EpochContext, Objective, TrainingDefense, soft_cross_entropy
+
+UERASER_REPEATS = 5
+
+
+def _check_count(defense: str, option: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"defense '{defense}': {option} must be an integer >= 1; got {value!r}")
+
+
+# ---------------------------------------------------------------- the AR paper's augmentations
+
+
+@DEFENSES.register("cutout")
+def cutout(*, size: int = 16) -> TrainingDefense:
+    """Zero a ``size``×``size`` square (16, the AR paper's) at a random centre of each image."""
+    _check_count("cutout", "size", size)
+    return TrainingDefense(transforms=[AUGMENTATIONS.build("cutout", size=size)])
+
+
+@DEFENSES.register("cutmix")
+def cutmix(*, alpha: float = 1.0) -> TrainingDefense:
+    """Paste a box from another image of the batch, λ ~ Beta(``alpha``, ``alpha``), targets by area."""
+    check_positive("cutmix", "alpha", alpha)
+    return TrainingDefense(transforms=[AUGMENTATIONS.build("cutmix", alpha=alpha)])
+
+
+@DEFENSES.register("mixup")
+def mixup(*, alpha: float = 1.0) -> TrainingDefense:
+    """Mix each image and its target with another of the batch, λ ~ Beta(``alpha``, ``alpha``)."""
+    check_positive("mixup", "alpha", alpha)
+    return TrainingDefense(transforms=[AUGMENTATIONS.build("mixup", alpha=alpha)])
+
+
+# ---------------------------------------------------------------- UEraser
+
+
+def ueraser_policy() -> nn.Module:
+    """The repository's augmentation policy, on float images in [0, 1]."""
+    import kornia.augmentation as K  # here: importing kornia takes seconds and only UEraser needs it
+
+    return nn.Sequential(
+        K.RandomPlasmaBrightness(roughness=(0.3, 0.7), intensity=(0.5, 1.0), p=0.5, keepdim=True),
+        K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=0.5, keepdim=True),
+        K.RandomChannelShuffle(p=0.5, keepdim=True),
+        K.auto.TrivialAugment(),
+    )
+
+
+def augmented_copies(policy: nn.Module, x: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
+    """``copies`` independently augmented copies of the raw batch, copy-major: (copies·B, C, H, W) in [0, 255]."""
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    images = x.float() / 255
+    devices = [x.device] if x.device.type == "cuda" else []
+    # Full precision: the training step's bf16 autocast must not round the augmented pixels.
+    with torch.random.fork_rng(devices=devices), torch.autocast(x.device.type, enabled=False):
+        torch.manual_seed(seed)
+        out = torch.cat([policy(images) for _ in range(copies)])
+    return out.mul_(255)
+
+
+def max_over_copies_objective(policy: nn.Module, repeats: int, copies_now: dict[str, int]) -> Objective:
+    """UEraser-Max: mean over images of the largest soft cross-entropy among the image's augmented copies.
+
+    Returns the logits of the first copy, for the training accuracy.
+    """
+
+    def objective(model, x, targets, normalize, generator):
+        copies = copies_now.get("copies", repeats)
+        logits = model(normalize(augmented_copies(policy, x, copies, generator)))
+        losses = soft_cross_entropy(logits, targets.repeat(copies, 1), reduction="none").view(copies, len(x))
+        return losses.amax(0).mean(), logits[:len(x)]
+
+    return objective
+
+
+@DEFENSES.register("ueraser")
+def ueraser(*, repeats: int = UERASER_REPEATS, adversarial_epochs: int | None = None) -> TrainingDefense:
+    """Train on the worst of ``repeats`` (5) augmented copies per image; one copy after ``adversarial_epochs``."""
+    _check_count("ueraser", "repeats", repeats)
+    if adversarial_epochs is not None:
+        _check_count("ueraser", "adversarial_epochs", adversarial_epochs)
+    copies_now: dict[str, int] = {}
+
+    def switch_to_one_copy(context: EpochContext) -> None:
+        copies_now["copies"] = repeats if context.epoch <= adversarial_epochs else 1
+
+    return TrainingDefense(objective=max_over_copies_objective(ueraser_policy(), repeats, copies_now),
+                           on_epoch_start=None if adversarial_epochs is None else switch_to_one_copy)
