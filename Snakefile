@@ -11,7 +11,9 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/poisons.smk"
+include: "rules/sanitize.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 include: "rules/tables.smk"
 
 

@@ -12,10 +12,14 @@ from poisonlab.config import (
     apply_scale,
     check_config,
     get_dataset_options,
+    get_defense_options,
+    get_evaluation_options,
     get_poison_options,
     get_recipe,
 )
 from poisonlab.data import DATASETS
+from poisonlab.defenses import DEFENSES, NUMBERED, is_sanitizer
+from poisonlab.evaluation import EVALUATIONS
 from poisonlab.models import MODELS
 from poisonlab.poisons import POISONS
 from poisonlab.registry import ConfigError
@@ -50,11 +54,12 @@ resolve_config()
 DATA = config["paths"]["data"]
 RESULTS = config["paths"]["results"]
 POISONED = DATA + "/poisoned/{dataset}/{poison}.npz"
+SANITIZED = DATA + "/sanitized/{dataset}/{poison}/{defense}.npz"
 RUN_DIR = RESULTS + "/runs/{dataset}/{poison}/{defense}/{arch}/seed{seed}"
 # Each table's files, without extension: paper/<slug>/tables/<table>.
 TABLES = {
-    "baselines": "paper/baselines/tables/baselines",
-    "poisons": "paper/baselines/tables/poisons",
+    name: f"paper/baselines/tables/{name}"
+    for name in ("baselines", "poisons", "defenses", "defenses-peak", "evaluations")
 }
 
 
@@ -66,7 +71,10 @@ wildcard_constraints:
     dataset=one_of(DATASETS.names()),
     arch=one_of(MODELS.names()),
     poison=one_of(POISONS.names()),
-    defense="none",
+    defense="|".join(
+        [one_of(DEFENSES.names()), *(rf"{re.escape(name)}-\d+" for name in NUMBERED)]
+    ),
+    evaluation=one_of(EVALUATIONS.names()),
     seed=r"\d+",
 
 
@@ -101,10 +109,30 @@ def poison_resources(wildcards):
     return config["resources"]["poison_surrogate" if uses_surrogate else "poison"]
 
 
-def get_training_data(wildcards):
+def get_poisoned_data(wildcards):
+    """The training set as poisoned (the clean container itself for poison=clean)."""
     if wildcards.poison == "clean":
         return f"{DATA}/clean/{wildcards.dataset}.npz"
     return POISONED.format(dataset=wildcards.dataset, poison=wildcards.poison)
+
+
+def get_defense_params(wildcards):
+    return {
+        "options": get_defense_options(config, wildcards.defense, wildcards.dataset),
+        "seed": config["defense_seed"],
+    }
+
+
+def get_training_data(wildcards):
+    """What a run trains on: the sanitized set for a data-level defense, else the poisoned one."""
+    options = get_defense_options(config, wildcards.defense, wildcards.dataset)
+    if is_sanitizer(wildcards.defense, options):
+        return SANITIZED.format(**wildcards)
+    return get_poisoned_data(wildcards)
+
+
+def get_evaluation_params(wildcards):
+    return get_evaluation_options(config, wildcards.evaluation, wildcards.dataset)
 
 
 def get_recipe_config(wildcards):
@@ -141,6 +169,77 @@ def get_poison_runs(wildcards):
             poison=poison,
         )
         for poison in ["clean", *config["poisons"]]
+    }
+
+
+def get_defense_runs(wildcards, file="metrics.json"):
+    """(poison, defense) → that run's ``file`` on the scale's first arch, every seed."""
+    return {
+        f"{poison}/{defense}": expand(
+            f"{RUN_DIR}/{file}",
+            dataset=config["dataset"],
+            poison=poison,
+            defense=defense,
+            arch=config["archs"][:1],
+            seed=config["seeds"],
+        )
+        for poison in ["clean", *config["poisons"]]
+        for defense in config["defenses"]
+    }
+
+
+def get_defense_grid(wildcards):
+    """defenses: final test accuracy of each (poison, defense); defenses-peak: the peak."""
+    metric = {"defenses": "final_test_acc", "defenses-peak": "peak_test_acc"}[
+        wildcards.table
+    ]
+    return [
+        {
+            "row": key.split("/")[0],
+            "column": key.split("/")[1],
+            "metric": metric,
+            "runs": runs,
+        }
+        for key, runs in get_defense_runs(wildcards).items()
+    ]
+
+
+# The evaluations table's columns: (evaluation, column title, key in the evaluation's json).
+EVALUATION_COLUMNS = {
+    "peak": [
+        ("peak epoch", "peak_epoch"),
+        ("epochs to loss threshold", "epochs_to_loss_threshold"),
+    ],
+    "dfr": [
+        ("DFR before", "final.test_acc_before"),
+        ("DFR after", "final.test_acc_after"),
+        ("DFR best after", "best_after.test_acc_after"),
+    ],
+    "linsep": [("linear separability", "train_acc")],
+}
+
+
+def get_evaluation_grid(wildcards):
+    return [
+        {"row": key.split("/")[0], "column": title, "metric": metric, "runs": runs}
+        for key, runs in get_evaluation_runs(wildcards).items()
+        for title, metric in EVALUATION_COLUMNS[key.split("/")[1]]
+    ]
+
+
+def get_evaluation_runs(wildcards):
+    """(poison, evaluation) → the evaluation's json of the undefended run, every seed."""
+    return {
+        f"{poison}/{evaluation}": expand(
+            f"{RUN_DIR}/{evaluation}.json",
+            dataset=config["dataset"],
+            poison=poison,
+            defense="none",
+            arch=config["archs"][:1],
+            seed=config["seeds"],
+        )
+        for poison in ["clean", *config["poisons"]]
+        for evaluation in config["evaluations"]
     }
 
 

@@ -33,3 +33,41 @@ rule poisons_table:
         scale=config["scale"],
     script:
         "../workflow/scripts/runs_table.py"
+
+
+rule defenses_table:
+    input:
+        lambda wildcards: sum(get_defense_runs(wildcards).values(), []),
+    output:
+        csv="paper/baselines/tables/{table}.csv",
+        md="paper/baselines/tables/{table}.md",
+        tex="paper/baselines/tables/{table}.tex",
+    log:
+        "logs/tables/{table}.log",
+    wildcard_constraints:
+        table="defenses|defenses-peak",
+    params:
+        table=lambda wildcards: wildcards.table,
+        grid=get_defense_grid,
+        dataset=config["dataset"],
+        scale=config["scale"],
+    script:
+        "../workflow/scripts/grid_table.py"
+
+
+rule evaluations_table:
+    input:
+        lambda wildcards: sum(get_evaluation_runs(wildcards).values(), []),
+    output:
+        csv=f"{TABLES['evaluations']}.csv",
+        md=f"{TABLES['evaluations']}.md",
+        tex=f"{TABLES['evaluations']}.tex",
+    log:
+        "logs/tables/evaluations.log",
+    params:
+        table="evaluations",
+        grid=get_evaluation_grid,
+        dataset=config["dataset"],
+        scale=config["scale"],
+    script:
+        "../workflow/scripts/grid_table.py"

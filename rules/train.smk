@@ -18,6 +18,10 @@ rule train:
     params:
         recipe=config["recipe"],
         recipe_config=get_recipe_config,
+        defense_options=lambda wildcards: get_defense_options(
+            config, wildcards.defense, wildcards.dataset
+        ),
+        keep_weights_every=config["keep_weights_every"],
         device=config["device"],
     script:
         "../workflow/scripts/train.py"

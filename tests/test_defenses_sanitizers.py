@@ -173,7 +173,7 @@ def test_ortho_through_apply_sanitizer_is_stored_as_float16_with_its_defense_in_
     dataset = ImageDataset(x, labels.numpy(), x[:10], labels.numpy()[:10], [str(k) for k in range(10)])
     cleaned = apply_sanitizer("ortho", dataset, seed=3, options={"epochs": 5})
     assert cleaned.x_train.dtype == np.float16 and cleaned.x_train.shape == x.shape
-    assert cleaned.x_train.min() >= 0 and cleaned.x_train.max() <= 255
+    assert np.isfinite(cleaned.x_train).all()  # unclamped: projected pixels may leave [0, 255]
     assert cleaned.meta["defense"] == {"name": "ortho", "options": {"epochs": 5}, "seed": 3}
     assert np.array_equal(cleaned.x_test, dataset.x_test)
 

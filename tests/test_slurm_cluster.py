@@ -19,6 +19,7 @@ def cluster_workdir():
         yield Path(d)
 
 
+@pytest.mark.xdist_group("slurm")  # one local cluster at a time: its daemons share this host
 def test_local_cluster_runs_plain_and_gpu_jobs(cluster_workdir, tmp_path):
     try:
         with local_slurm_cluster(cluster_workdir) as cluster:

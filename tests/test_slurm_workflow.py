@@ -21,6 +21,7 @@ def cluster_workdir():
         yield Path(d)
 
 
+@pytest.mark.xdist_group("slurm")  # one local cluster at a time: its daemons share this host
 def test_tiny_dag_runs_through_sbatch(cluster_workdir, scratch_repo, workflow_env):
     # The training rule asks for a GPU, as at paper scale: the cluster's fake gpu:1 must schedule it.
     (scratch_repo / "gpu.yaml").write_text("resources: {train: {gpu: 1, runtime: 5, mem_mb: 1500, cpus: 1}}\n")

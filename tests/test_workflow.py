@@ -18,6 +18,8 @@ import yaml
 from conftest import BIN, ROOT, snakemake
 from poisonlab.config import apply_scale, check_config, load_config
 from poisonlab.data import DATASETS
+from poisonlab.defenses import NUMBERED, defense_names
+from poisonlab.evaluation import EVALUATIONS
 from poisonlab.models import MODELS
 from poisonlab.poisons import POISONS
 from poisonlab.reporting import TABLE_COLUMNS
@@ -30,6 +32,9 @@ def test_schema_enums_are_the_registries():
     assert SCHEMA["$defs"]["dataset"]["enum"] == DATASETS.names()
     assert SCHEMA["$defs"]["arch"]["enum"] == MODELS.names()
     assert SCHEMA["$defs"]["poison"]["enum"] == POISONS.names()
+    numbered = [f"{name}-<{option}>" for name, option in NUMBERED.items()]
+    assert sorted(SCHEMA["$defs"]["defense"]["anyOf"][0]["enum"] + numbered) == defense_names()
+    assert SCHEMA["$defs"]["evaluation"]["enum"] == EVALUATIONS.names()
 
 
 @pytest.mark.parametrize("scale", ["embedded", "cifar10-small", "paper"])
@@ -55,6 +60,7 @@ def test_snakefiles_are_formatted():
     ("recipe=fast", "config: unknown recipe 'fast'; the config defines: embedded"),
     ("scale=huge", "config: scale: unknown scale 'huge'; known scales: embedded, cifar10-small, paper"),
     ("device=tpu", "config: device: 'tpu' does not match"),
+    ("defenses=[none,jpeg-0]", "config: defense 'jpeg-0': quality must be"),
 ])
 def test_bad_config_stops_before_any_job(scratch_repo, workflow_env, override, message):
     result = snakemake(scratch_repo, "--profile", "local", "all_tables", "--config", override, env=workflow_env,
@@ -145,19 +151,41 @@ def test_a_dag_killed_mid_training_resumes_into_the_same_run(scratch_repo, workf
     assert sorted(m.step for m in history) == list(range(1, 7))
 
 
-def test_poisons_are_built_once_and_trained_on(scratch_repo, workflow_env):
-    config = ["--configfile", "tests/fixtures/tiny.yaml", "--config", "seeds=[0]", "poisons=[cuda,random-noise]",
-              "tables=[poisons]"]
+def test_poisons_defenses_and_evaluations_run_through_the_dag(scratch_repo, workflow_env):
+    config = ["--configfile", "tests/fixtures/tiny.yaml", "--config", "seeds=[0]", "poisons=[cuda]",
+              "defenses=[none,grayscale,cutout]", "evaluations=[peak,linsep,dfr]",
+              "tables=[poisons,defenses,evaluations]"]
     snakemake(scratch_repo, "--profile", "local", "all_tables", *config, env=workflow_env)
     from poisonlab.data.container import ImageDataset
 
     clean = ImageDataset.load(scratch_repo / "data/clean/mnist5k.npz")
-    for poison in ("cuda", "random-noise"):
-        poisoned = ImageDataset.load(scratch_repo / f"data/poisoned/mnist5k/{poison}.npz")
-        assert poisoned.meta["poison"]["name"] == poison and poisoned.meta["poison"]["seed"] == 0
-        assert (poisoned.x_test == clean.x_test).all() and (poisoned.x_train != clean.x_train).any()
-        assert poisoned.extras["perturbation_linf"].shape == (len(clean.x_train),)
-        metrics = json.loads((scratch_repo / RUN.replace("clean", poison).format(seed=0) / "metrics.json").read_text())
-        assert metrics["poison"] == poison and metrics["data_meta"]["poison"]["name"] == poison
-    table = pl.read_csv(scratch_repo / "paper/baselines/tables/poisons.csv")
-    assert table.filter(pl.col("column") == "final")["row"].to_list() == ["clean", "cuda", "random-noise"]
+    poisoned = ImageDataset.load(scratch_repo / "data/poisoned/mnist5k/cuda.npz")
+    assert poisoned.meta["poison"]["name"] == "cuda" and poisoned.meta["poison"]["seed"] == 0
+    assert (poisoned.x_test == clean.x_test).all() and (poisoned.x_train != clean.x_train).any()
+    assert poisoned.extras["perturbation_linf"].shape == (len(clean.x_train),)
+
+    # grayscale is data-level: sanitized once from the poisoned set; cutout acts in training, no container.
+    sanitized = ImageDataset.load(scratch_repo / "data/sanitized/mnist5k/cuda/grayscale.npz")
+    assert sanitized.meta["poison"]["name"] == "cuda" and sanitized.meta["defense"]["name"] == "grayscale"
+    assert not (scratch_repo / "data/sanitized/mnist5k/cuda/cutout.npz").exists()
+
+    runs = scratch_repo / "results/runs/mnist5k"
+    table = pl.read_csv(scratch_repo / "paper/baselines/tables/defenses.csv")
+    for row in table.iter_rows(named=True):
+        metrics = json.loads((runs / row["row"] / row["column"] / "smallcnn/seed0/metrics.json").read_text())
+        assert (metrics["poison"], metrics["defense"]) == (row["row"], row["column"])
+        assert row["ours"] == pytest.approx(metrics["final_test_acc"])
+    assert sorted(set(table["column"])) == ["cutout", "grayscale", "none"]
+    assert json.loads((runs / "cuda/grayscale/smallcnn/seed0/metrics.json").read_text()
+                      )["data_meta"]["defense"]["name"] == "grayscale"
+
+    evaluations = pl.read_csv(scratch_repo / "paper/baselines/tables/evaluations.csv")
+    assert sorted(set(evaluations["row"])) == ["clean", "cuda"]
+    for poison in ("clean", "cuda"):
+        run_dir = runs / poison / "none/smallcnn/seed0"
+        for evaluation in ("peak", "linsep", "dfr"):
+            record = json.loads((run_dir / f"{evaluation}.json").read_text())
+            assert record["evaluation"] == evaluation and record["poison"] == poison
+        peak = json.loads((run_dir / "peak.json").read_text())
+        cell = evaluations.filter((pl.col("row") == poison) & (pl.col("column") == "peak epoch"))
+        assert cell["ours"].item() == peak["peak_epoch"]

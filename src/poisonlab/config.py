@@ -87,15 +87,31 @@ def get_dataset_options(config: dict[str, Any], name: str) -> tuple[dict[str, An
     return options, options.pop("subset", None)
 
 
+def _per_dataset(config: dict[str, Any], key: str, name: str, dataset: str) -> dict[str, Any]:
+    """``config[key][name]``'s options on a dataset: its ``default`` with the dataset's own merged over."""
+    entry = config.get(key, {}).get(name, {})
+    return merge(entry.get("default", {}), entry.get(dataset, {}))
+
+
 def get_poison_options(config: dict[str, Any], poison: str, dataset: str) -> dict[str, Any]:
     """A poison's options on a dataset: ``poison_options: {poison: {default: {...}, <dataset>: {...}}}``."""
-    entry = config.get("poison_options", {}).get(poison, {})
-    return merge(entry.get("default", {}), entry.get(dataset, {}))
+    return _per_dataset(config, "poison_options", poison, dataset)
+
+
+def get_defense_options(config: dict[str, Any], defense: str, dataset: str) -> dict[str, Any]:
+    """A defense's options on a dataset, laid out as poison_options (``jpeg-10`` is its own entry)."""
+    return _per_dataset(config, "defense_options", defense, dataset)
+
+
+def get_evaluation_options(config: dict[str, Any], evaluation: str, dataset: str) -> dict[str, Any]:
+    return _per_dataset(config, "evaluation_options", evaluation, dataset)
 
 
 def check_config(config: dict[str, Any]) -> None:
     """Everything a run of this config will need, checked now: one ConfigError naming the field."""
     from poisonlab.data import DATASETS
+    from poisonlab.defenses import check_defense
+    from poisonlab.evaluation import EVALUATIONS
     from poisonlab.models import MODELS
     from poisonlab.poisons import POISONS
 
@@ -109,6 +125,12 @@ def check_config(config: dict[str, Any]) -> None:
     for poison, per_dataset in config.get("poison_options", {}).items():
         for dataset in per_dataset:
             POISONS.check_options(poison, get_poison_options(config, poison, dataset))
+    for defense in {*config.get("defenses", []), *config.get("defense_options", {})}:
+        for dataset in config["datasets"]:
+            check_defense(defense, get_defense_options(config, defense, dataset))
+    for evaluation in {*config.get("evaluations", []), *config.get("evaluation_options", {})}:
+        for dataset in config["datasets"]:
+            EVALUATIONS.check_options(evaluation, get_evaluation_options(config, evaluation, dataset))
     for name in config["recipes"]:
         get_recipe(config, name)
     get_recipe(config, config["recipe"])

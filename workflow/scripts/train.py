@@ -18,4 +18,5 @@ spec = RunSpec(dataset=w.dataset, poison=w.poison, defense=w.defense, arch=w.arc
                recipe=snakemake.params.recipe)
 train_run(spec, Recipe.from_dict(snakemake.params.recipe_config, name=f"recipes.{spec.recipe}"),
           snakemake.input.data, Path(snakemake.output.metrics).parent, device=snakemake.params.device,
-          progress=False)
+          progress=False, defense_options=snakemake.params.defense_options,
+          keep_weights_every=snakemake.params.keep_weights_every)

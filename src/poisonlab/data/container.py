@@ -4,7 +4,7 @@
 (N, H, W, C), ``y_train``, ``y_test`` as int64, ``classes`` as str, and
 ``meta``: a JSON string with the source checksum and how the data was made.
 Poisoned and sanitized containers have the same keys; their ``x_train`` may
-be float16 in [0, 255] where a defense leaves the uint8 grid.
+be float16 pixel values where a defense leaves the uint8 grid (orthogonal projection).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class ImageDataset:
             if x.ndim != 4:
                 raise ConfigError(f"x_{split} must be (N, H, W, C); got shape {x.shape}")
             if x.dtype not in (np.uint8, np.float16):
-                raise ConfigError(f"x_{split} must be uint8 (or float16 in [0, 255]); got {x.dtype}")
+                raise ConfigError(f"x_{split} must be uint8 (or float16 pixel values); got {x.dtype}")
             if len(x) != len(y):
                 raise ConfigError(f"x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
             if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):

@@ -8,8 +8,9 @@ options (from config ``defense_options``) it checks them and returns one of:
   blur, the orthogonal projection. Its ``apply`` takes float32 images
   (N, C, H, W) in [0, 1], their labels and, keyword-only, ``num_classes`` and
   the seeded ``generator`` (its only randomness), and returns images of the
-  same shape in [0, 1]. ``apply_sanitizer`` stores them as uint8, or as
-  float16 in [0, 255] when ``off_grid`` (the projection leaves the uint8 grid).
+  same shape, in [0, 1] unless ``off_grid``. ``apply_sanitizer`` stores them as
+  uint8, or as float16 pixel values when ``off_grid`` (the projection leaves
+  the uint8 grid and the [0, 255] range; clamping would undo part of it).
 - ``TrainingDefense`` (``poisonlab.training.procedure``) — changes how a model
   is trained, batch by batch, on the device: transforms before the recipe's
   augmentations, a replacement objective, a hook before each epoch, and state
@@ -36,7 +37,7 @@ from poisonlab.training.procedure import EpochContext, TrainingDefense
 @dataclass(frozen=True)
 class Sanitizer:
     apply: Callable[..., torch.Tensor]  # (images, labels, *, num_classes, generator) → images
-    off_grid: bool = False  # store float16 in [0, 255] instead of rounding to uint8
+    off_grid: bool = False  # store float16 pixel values as computed, unclamped, instead of uint8
 
 
 Defense = Sanitizer | TrainingDefense
@@ -108,7 +109,9 @@ def apply_sanitizer(name: str, dataset: ImageDataset, *, seed: int, options: dic
     if cleaned.shape != images.shape:
         raise RuntimeError(f"defense '{name}' returned shape {tuple(cleaned.shape)} for {tuple(images.shape)}")
     if sanitizer.off_grid:
-        x_train = cleaned.clamp(0, 1).mul(255).permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+        # Unclamped: the projection's images leave [0, 1] and clamping them would undo part of it
+        # (DESIGN.md: x_train may be float16 where a defense leaves [0, 255]).
+        x_train = cleaned.mul(255).permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
     else:
         x_train = to_uint8(cleaned)
     meta = {**dataset.meta, "defense": {"name": name, "options": dict(options or {}), "seed": seed}}

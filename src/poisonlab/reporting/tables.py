@@ -32,8 +32,19 @@ class Cell:
     dataset: str
     scale: str
     metric: str
-    runs: tuple[str, ...]  # metrics.json paths, one a seed
+    runs: tuple[str, ...]  # metrics.json (or an evaluation's json) paths, one a seed
     reported: float | None = None
+
+
+def lookup(record: dict, metric: str, path: str | os.PathLike) -> float:
+    """``metric`` of a run record; dots reach into nested records ('final.test_acc_after')."""
+    value = record
+    for key in metric.split("."):
+        if not isinstance(value, dict) or key not in value:
+            known = ", ".join(sorted(value)) if isinstance(value, dict) else "(not a mapping)"
+            raise ConfigError(f"{path} has no metric '{metric}' (no '{key}'; has {known})")
+        value = value[key]
+    return float("nan") if value is None else float(value)
 
 
 def load_metrics(path: str | os.PathLike) -> dict:
@@ -46,12 +57,7 @@ def build_table(cells: Sequence[Cell]) -> pl.DataFrame:
     """One row a cell: the mean and sample std over its runs of ``metric``."""
     rows = []
     for cell in cells:
-        values = []
-        for path in cell.runs:
-            record = load_metrics(path)
-            if cell.metric not in record:
-                raise ConfigError(f"{path} has no metric '{cell.metric}'; it has {', '.join(sorted(record))}")
-            values.append(float(record[cell.metric]))
+        values = [lookup(load_metrics(path), cell.metric, path) for path in cell.runs]
         series = pl.Series(values, dtype=pl.Float64)
         rows.append({
             "table": cell.table, "row": cell.row, "column": cell.column, "dataset": cell.dataset,
@@ -66,6 +72,8 @@ def build_table(cells: Sequence[Cell]) -> pl.DataFrame:
 
 
 def _cell_text(row: dict, *, plus_minus: str) -> str:
+    if row["ours"] is None or math.isnan(row["ours"]):
+        return "–"  # e.g. a training loss that never fell below the threshold
     text = f"{row['ours']:.2f}"
     if row["ours_std"] is not None and not math.isnan(row["ours_std"]):
         text += f"{plus_minus}{row['ours_std']:.2f}"
@@ -116,6 +124,13 @@ def write_table(table: pl.DataFrame, *, csv: str | os.PathLike, md: str | os.Pat
         tmp.write_text(render_markdown(table))
     with atomic_path(tex) as tmp:
         tmp.write_text(render_latex(table))
+
+
+def grid_cells(table: str, grid: dict[tuple[str, str], tuple[str, Sequence[str]]], *, dataset: str,
+               scale: str) -> list[Cell]:
+    """``{(row, column): (metric, runs)}`` → cells, rows and columns in the order given."""
+    return [Cell(table, row, column, dataset, scale, metric, tuple(runs))
+            for (row, column), (metric, runs) in grid.items()]
 
 
 def accuracy_cells(table: str, runs: dict[str, Sequence[str]], *, dataset: str, scale: str) -> list[Cell]:

@@ -1,0 +1,18 @@
+"""Snakemake adapter: one evaluation of one finished run → its json."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w")
+
+import torch
+
+from poisonlab.atomic import write_json
+from poisonlab.evaluation import evaluate_run
+from poisonlab.training import pick_device
+
+torch.set_num_threads(snakemake.threads)
+result = evaluate_run(snakemake.wildcards.evaluation, Path(snakemake.input.metrics).parent,
+                      training_data=snakemake.input.training_data, clean_data=snakemake.input.clean_data,
+                      options=snakemake.params.options, device=pick_device(snakemake.params.device))
+write_json(snakemake.output[0], result)
