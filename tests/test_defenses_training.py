@@ -7,12 +7,14 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from conftest import quick_test_accuracy
 
 from poisonlab.data.container import ImageDataset
 from poisonlab.defenses import DEFENSES, EpochContext, build_defense
 from poisonlab.defenses.adversarial import BUDGETS, pgd_attack
 from poisonlab.defenses.pst import advance, class_clustering
 from poisonlab.models import build_model
+from poisonlab.poisons.base import single_thread
 from poisonlab.registry import ConfigError
 from poisonlab.training import DeviceData, Recipe, fit
 from poisonlab.training.procedure import soft_cross_entropy
@@ -20,6 +22,14 @@ from poisonlab.training.procedure import soft_cross_entropy
 AT_NAMES = ["at-linf-4", "at-linf-8", "at-linf-16", "at-l2"]
 RECIPE = Recipe.from_dict({"epochs": 4, "batch_size": 32, "lr": 0.05, "schedule": "cosine",
                            "augment": {"crop": {"padding": 1}, "flip": {}}})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops: on a shared 2-core machine two threads' fork/join cost more than the ops (PGD on 64 8×8
+    images, measured under load: 0.24 s on one thread, 8.3 s on two)."""
+    with single_thread():
+        yield
 
 
 def _quadrant_dataset(n_train=256, n_test=64, seed=0) -> ImageDataset:
@@ -261,11 +271,10 @@ class _Killed(Exception):
 
 def test_a_killed_pst_run_resumes_to_the_same_weights_and_stages(tmp_path):
     data = _device_data(_quadrant_dataset())
-    options = {"rise": 0.05, "slowdown": 0.0}  # sensitive, so the stages move within 4 epochs
-    reference_defense = build_defense("pst", options)
+    reference_defense = build_defense("pst")
     reference = _model()
     fit(reference, data, RECIPE, seed=0, progress=False, defense=reference_defense)
-    assert reference_defense.state["depth"] >= 1
+    assert reference_defense.state["depth"] == 2  # frozen before the kill: a resume that forgot it would train them
 
     checkpoint = tmp_path / "checkpoint.pt"
 
@@ -275,11 +284,27 @@ def test_a_killed_pst_run_resumes_to_the_same_weights_and_stages(tmp_path):
 
     with pytest.raises(_Killed):
         fit(_model(), data, RECIPE, seed=0, checkpoint_path=checkpoint, on_epoch=kill_after_epoch_2,
-            progress=False, defense=build_defense("pst", options))
-    resumed_defense = build_defense("pst", options)
+            progress=False, defense=build_defense("pst"))
+    resumed_defense = build_defense("pst")
     resumed = _model()
     fit(resumed, data, RECIPE, seed=0, checkpoint_path=checkpoint, progress=False, defense=resumed_defense)
     assert resumed_defense.state["history"] == reference_defense.state["history"]
     assert resumed_defense.state["depth"] == reference_defense.state["depth"]
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+# ---------------------------------------------------------------- natural images
+
+# Measured (smallcnn, 8 epochs, crop + flip, seed 0 unless noted; pst.py's docstring has the full table):
+# undefended AR 34.4% (clean 48.7%); PST on AR 44.3, 43.1, 47.1 with seeds 0, 1, 2, where the same runs
+# without PST's stages reach 24.5, 30.6, 25.9. PST lifts OPS in 2 seeds of 3, barely CUDA (36.0 vs 32.8) or
+# regions-4 (40.2 vs 39.0), and costs clean training 3-4.5 points; AR is the case asserted.
+# One at-linf-8 epoch costs ~8x an undefended one (11.5 s vs 1.4 s here), so adversarial training gets no
+# natural-image test.
+PST_ON_AR_AT_LEAST = 40.0
+
+
+def test_pst_recovers_much_of_what_ar_took(poisoned_cifar):
+    accuracy = quick_test_accuracy(poisoned_cifar("ar"), defense=build_defense("pst"))
+    assert accuracy > PST_ON_AR_AT_LEAST, f"pst on ar: {accuracy:.1f}% (undefended 34.4%, clean 48.7%)"

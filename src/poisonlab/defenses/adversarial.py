@@ -55,7 +55,7 @@ DEFAULT_STEPS = 10
 
 def pgd_attack(model: nn.Module, x01: torch.Tensor, targets: torch.Tensor, normalize: Normalize, *, norm: str,
                epsilon: float, steps: int, step_size: float, generator: torch.Generator) -> torch.Tensor:
-    """Images in [0, 1] that raise the model's loss on ``targets`` (soft, (B, K)) within the ``norm`` ball of ``epsilon``.
+    """Images in [0, 1] raising the model's loss on ``targets`` (soft, (B, K)) within the ``norm`` ball of ``epsilon``.
 
     ``normalize`` maps [0, 255] pixels to the model's input, as the training loop's does. The model is used in
     whatever mode it is in; the result is detached.
