@@ -116,7 +116,8 @@ def test_repro_push_delete_pull_gives_back_the_same_bytes_and_retrains_nothing(d
     assert "Running stage 'all_tables'" in run(repo, dvc, "repro", env=env)
     built = outputs(repo)
     expected = {"data/clean/mnist5k.npz",
-                *(f"{RUNS}/seed{seed}/{name}" for seed in (0, 1) for name in ("metrics.json", "model.pt")),
+                *(f"{RUNS}/seed{seed}/{name}" for seed in (0, 1)
+                  for name in ("metrics.json", "model.pt", "epochs/epoch001.pt", "epochs/epoch002.pt")),
                 *(f"paper/baselines/tables/baselines.{ext}" for ext in ("csv", "md", "tex"))}
     assert set(built) == expected
     # The outputs were git-ignored already: DVC adds no .gitignore entries, only dvc.lock is new.
