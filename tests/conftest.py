@@ -55,6 +55,29 @@ def snakemake(repo: Path, *args: str, env: dict[str, str], check: bool = True,
     return result
 
 
+# ---------------------------------------------------------------- a toy dataset the trainer learns in seconds
+
+
+def quadrant_dataset(n_train: int = 256, n_test: int = 64, seed: int = 0, channels: int = 1):
+    """Four classes told apart by which quadrant of an 8×8 image is bright: learnable in a few epochs."""
+    import numpy as np
+
+    from poisonlab.data.container import ImageDataset
+
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 4
+        x = rng.integers(0, 60, size=(n, 8, 8, channels), dtype=np.uint8)
+        for i, label in enumerate(y):
+            r, c = divmod(label, 2)
+            x[i, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 150
+        return x, y
+
+    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
+    return ImageDataset(xtr, ytr, xte, yte, classes=np.array(list("abcd")))
+
+
 # ---------------------------------------------------------------- natural images for poison and defense tests
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

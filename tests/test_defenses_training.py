@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from conftest import quick_test_accuracy
+from conftest import quadrant_dataset, quick_test_accuracy
 
 from poisonlab.data.container import ImageDataset
 from poisonlab.defenses import DEFENSES, EpochContext, build_defense
@@ -32,20 +32,6 @@ def one_thread():
         yield
 
 
-def _quadrant_dataset(n_train=256, n_test=64, seed=0) -> ImageDataset:
-    """Four classes told apart by which quadrant is bright, 8×8 RGB: learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = np.arange(n) % 4
-        x = rng.integers(0, 60, size=(n, 8, 8, 3), dtype=np.uint8)
-        for i, label in enumerate(y):
-            r, c = divmod(label, 2)
-            x[i, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 150
-        return x, y
-
-    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
-    return ImageDataset(xtr, ytr, xte, yte, classes=np.array(list("abcd")))
 
 
 def _pattern_dataset(n=256, seed=0) -> ImageDataset:
@@ -74,7 +60,7 @@ def _weights(model):
 @pytest.fixture(scope="module")
 def trained():
     """A smallcnn fitted for 4 epochs on the quadrant task, and its data."""
-    data = _device_data(_quadrant_dataset())
+    data = _device_data(quadrant_dataset(channels=3))
     model = _model()
     fit(model, data, RECIPE, seed=0, progress=False)
     return model, data
@@ -138,7 +124,7 @@ def test_bad_adversarial_options_are_rejected(name, options, match):
 
 
 def test_adversarial_fit_is_seeded():
-    data = _device_data(_quadrant_dataset(n_train=128))
+    data = _device_data(quadrant_dataset(channels=3, n_train=128))
     recipe = Recipe.from_dict({**RECIPE.to_dict(), "epochs": 2})
     weights = []
     for seed in (0, 0, 1):
@@ -219,7 +205,7 @@ def test_pst_measures_shallow_activations_and_slows_the_stage_that_clusters():
 
 def _steps_with_pst(slowdown, depth, steps):
     """``steps`` SGD steps (momentum, weight decay, the recipe's LambdaLR) with ``stages[:depth]`` slowed."""
-    data = _device_data(_quadrant_dataset(n_train=64))
+    data = _device_data(quadrant_dataset(channels=3, n_train=64))
     model = _model()
     optimizer = RECIPE.make_optimizer(model.parameters())
     scheduler = RECIPE.make_scheduler(optimizer, steps_per_epoch=2)
@@ -270,7 +256,7 @@ class _Killed(Exception):
 
 
 def test_a_killed_pst_run_resumes_to_the_same_weights_and_stages(tmp_path):
-    data = _device_data(_quadrant_dataset())
+    data = _device_data(quadrant_dataset(channels=3))
     reference_defense = build_defense("pst")
     reference = _model()
     fit(reference, data, RECIPE, seed=0, progress=False, defense=reference_defense)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from poisonlab.data.container import ImageDataset
+from conftest import quadrant_dataset
 from poisonlab.registry import ConfigError
 from poisonlab.training import AUGMENTATIONS, DeviceData, Recipe, build_augmentations, fit
 
@@ -129,20 +128,6 @@ def test_step_schedule_drops_at_milestones_and_warmup_ramps():
 # ---------------------------------------------------------------- the loop
 
 
-def _toy_dataset(n_train=256, n_test=64, seed=0):
-    """Four classes told apart by which quadrant is bright: learnable in a few epochs."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = np.arange(n) % 4
-        x = rng.integers(0, 60, size=(n, 8, 8, 1), dtype=np.uint8)
-        for i, label in enumerate(y):
-            r, c = divmod(label, 2)
-            x[i, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 150
-        return x, y
-
-    (xtr, ytr), (xte, yte) = make(n_train), make(n_test)
-    return ImageDataset(xtr, ytr, xte, yte, classes=np.array(list("abcd")))
 
 
 def _toy_model():
@@ -156,7 +141,7 @@ RECIPE = Recipe.from_dict({"epochs": 4, "batch_size": 32, "lr": 0.1, "schedule":
 
 
 def test_fit_learns_and_records_every_epoch():
-    data = DeviceData.from_container(_toy_dataset(), torch.device("cpu"))
+    data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
     result = fit(_toy_model(), data, RECIPE, seed=0, progress=False)
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
     assert set(result.history[0]) == {"epoch", "train_loss", "train_acc", "test_acc", "seconds"}
@@ -165,7 +150,7 @@ def test_fit_learns_and_records_every_epoch():
 
 
 def test_same_seed_same_weights_other_seed_differs():
-    data = DeviceData.from_container(_toy_dataset(), torch.device("cpu"))
+    data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
     weights = []
     for seed in (0, 0, 1):
         model = _toy_model()
@@ -180,7 +165,7 @@ class _Killed(Exception):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    data = DeviceData.from_container(_toy_dataset(), torch.device("cpu"))
+    data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
     fingerprint = {"run": "toy"}
     reference = _toy_model()
     fit(reference, data, RECIPE, seed=0, progress=False)
