@@ -115,20 +115,27 @@ def clean_cifar_accuracy(cifar_subset) -> float:
     return quick_test_accuracy(cifar_subset)
 
 
-def quick_test_accuracy(dataset, *, epochs: int = 8, seed: int = 0, defense=None) -> float:
-    """Train smallcnn briefly (crop + flip, as the papers) and return its final clean-test accuracy in %.
+def quick_recipe(*, epochs: int = 8, augment: bool = True):
+    """The natural-image tests' recipe: smallcnn-sized SGD, cosine, crop + flip as the papers (or none)."""
+    from poisonlab.training import Recipe
+
+    return Recipe.from_dict({"epochs": epochs, "batch_size": 64, "lr": 0.05, "nesterov": True, "schedule": "cosine",
+                             "warmup_epochs": 1,
+                             "augment": {"crop": {"padding": 4}, "flip": {}} if augment else {}})
+
+
+def quick_test_accuracy(dataset, *, epochs: int = 8, seed: int = 0, defense=None, augment: bool = True) -> float:
+    """Train smallcnn briefly by ``quick_recipe`` and return its final clean-test accuracy in %.
 
     ``defense``: a training-time defense (``poisonlab.training.procedure.TrainingDefense``) or None.
     """
     import torch
 
     from poisonlab.models import build_model
-    from poisonlab.training import DeviceData, Recipe, fit
+    from poisonlab.training import DeviceData, fit
 
     torch.manual_seed(seed)
     height, _, channels = dataset.image_shape
     model = build_model("smallcnn", num_classes=dataset.num_classes, in_channels=channels, image_size=height)
-    recipe = Recipe.from_dict({"epochs": epochs, "batch_size": 64, "lr": 0.05, "nesterov": True, "schedule": "cosine",
-                               "warmup_epochs": 1, "augment": {"crop": {"padding": 4}, "flip": {}}})
-    return fit(model, DeviceData.from_container(dataset, torch.device("cpu")), recipe, seed=seed,
-               progress=False, defense=defense).final_test_acc
+    return fit(model, DeviceData.from_container(dataset, torch.device("cpu")), quick_recipe(epochs=epochs,
+               augment=augment), seed=seed, progress=False, defense=defense).final_test_acc

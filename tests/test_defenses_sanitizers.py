@@ -199,31 +199,18 @@ def test_ortho_bad_options_are_rejected(options, message):
 ORTHO_AT_THIS_SCALE = {"batch_size": 40}
 
 
-def accuracy_without_augmentation(dataset) -> float:
-    """quick_test_accuracy's recipe with no crop or flip: a crop moves OPS's pixel, so OPS needs it off to bite."""
-    from poisonlab.models import build_model
-    from poisonlab.training import DeviceData, Recipe, fit
-
-    torch.manual_seed(0)
-    model = build_model("smallcnn", num_classes=dataset.num_classes, in_channels=3, image_size=32)
-    recipe = Recipe.from_dict({"epochs": 8, "batch_size": 64, "lr": 0.05, "nesterov": True, "schedule": "cosine",
-                               "warmup_epochs": 1})
-    return fit(model, DeviceData.from_container(dataset, torch.device("cpu")), recipe, seed=0,
-               progress=False).final_test_acc
-
-
 def recovered(sanitized: float, poisoned: float, clean: float) -> bool:
     return sanitized >= poisoned + (clean - poisoned) / 2
 
 
 @pytest.fixture(scope="module")
 def clean_accuracy_without_augmentation(cifar_subset) -> float:
-    return accuracy_without_augmentation(cifar_subset)
+    return quick_test_accuracy(cifar_subset, augment=False)
 
 
 @pytest.fixture(scope="module")
 def ops_accuracy(poisoned_cifar, clean_accuracy_without_augmentation) -> float:
-    accuracy = accuracy_without_augmentation(poisoned_cifar("ops"))
+    accuracy = quick_test_accuracy(poisoned_cifar("ops"), augment=False)
     assert accuracy < clean_accuracy_without_augmentation - 15  # it bites: measured 24.6 against 48.5
     return accuracy
 
@@ -241,7 +228,8 @@ def test_jpeg_10_recovers_ar(poisoned_cifar, clean_cifar_accuracy):
 def test_jpeg_10_and_ortho_recover_ops_without_augmentation(defense, options, poisoned_cifar, ops_accuracy,
                                                             clean_accuracy_without_augmentation):
     # Measured without crop/flip: clean 48.5, ops 24.6, ops + jpeg-10 47.5, ops + ortho 46.4 (>= 90% back).
-    sanitized = accuracy_without_augmentation(apply_sanitizer(defense, poisoned_cifar("ops"), seed=0, options=options))
+    sanitized = quick_test_accuracy(apply_sanitizer(defense, poisoned_cifar("ops"), seed=0, options=options),
+                                    augment=False)
     assert recovered(sanitized, ops_accuracy, clean_accuracy_without_augmentation), (sanitized, ops_accuracy)
 
 
@@ -250,7 +238,8 @@ def test_ortho_recovers_lsp_at_epsilon_3_without_augmentation(poisoned_cifar, cl
     # Measured without crop/flip: lsp-3 24.4, lsp-3 + ortho 44.6 (84% back). jpeg-10 does not recover it at
     # this scale (32.1, a third of the drop), so it is not asserted.
     poisoned = poisoned_cifar("lsp", epsilon=3.0)
-    poisoned_accuracy = accuracy_without_augmentation(poisoned)
+    poisoned_accuracy = quick_test_accuracy(poisoned, augment=False)
     assert poisoned_accuracy < clean_accuracy_without_augmentation - 15
-    sanitized = accuracy_without_augmentation(apply_sanitizer("ortho", poisoned, seed=0, options=ORTHO_AT_THIS_SCALE))
+    sanitized = quick_test_accuracy(apply_sanitizer("ortho", poisoned, seed=0, options=ORTHO_AT_THIS_SCALE),
+                                    augment=False)
     assert recovered(sanitized, poisoned_accuracy, clean_accuracy_without_augmentation), (sanitized, poisoned_accuracy)

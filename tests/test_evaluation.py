@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import quick_recipe
 from poisonlab.data.container import ImageDataset
 from poisonlab.evaluation import EVALUATIONS, IDENTITY_KEYS, evaluate_run
 from poisonlab.models import build_model
 from poisonlab.poisons import apply_poison
 from poisonlab.registry import ConfigError
-from poisonlab.training import DeviceData, Recipe, fit
+from poisonlab.training import DeviceData, fit
 
 IDENTITY = {"dataset": "synthetic", "poison": "clean", "defense": "none", "arch": "smallcnn", "recipe": "quick",
             "seed": 0}
@@ -173,8 +174,7 @@ def test_dfr_needs_kept_epochs_and_the_clean_test_set(tmp_path, synthetic):
 # ---------------------------------------------------------------- dfr on natural images
 
 # conftest's quick_test_accuracy recipe: the one its measured accuracies (clean 48.7%, ar 34.4%) were taken with.
-QUICK = Recipe.from_dict({"epochs": 8, "batch_size": 64, "lr": 0.05, "nesterov": True, "schedule": "cosine",
-                          "warmup_epochs": 1, "augment": {"crop": {"padding": 4}, "flip": {}}})
+QUICK = quick_recipe()
 
 
 @pytest.fixture(scope="module")
