@@ -6,7 +6,9 @@ handful of cells where Snakemake, MLflow and polars are not installed (a lent GP
 PyTorch). Recipes come from the project's config by name. Run on demand:
 
     python benchmarks/defense_grid.py --cells clean/none cuda/none cuda/rsk-ff cuda/at-linf-8 \\
-        --recipe cuda-sharpening --arch resnet18 [--train 50000] [--epochs 60] [--device cuda]
+        --recipe cuda-sharpening --extra-config config/papers/cuda-sharpening.yaml --arch resnet18
+    python benchmarks/defense_grid.py --cells ar/none ar/jpeg-10 --recipe small \\
+        --extra-config config/scales/cifar10-small.yaml --arch smallcnn     # the cifar10-small subset
 
 One json line a cell (final and peak test accuracy, seconds) to stdout, all of them to
 benchmarks/results/defense_grid.json.
@@ -23,7 +25,8 @@ from pathlib import Path
 import torch
 
 from poisonlab.atomic import write_json
-from poisonlab.config import get_defense_options, get_poison_options, get_recipe, load_config
+from poisonlab.config import (get_dataset_options, get_defense_options, get_poison_options, get_recipe, load_config,
+                              merge)
 from poisonlab.data import build_dataset
 from poisonlab.defenses import Sanitizer, apply_sanitizer, build_defense
 from poisonlab.models import build_model
@@ -68,22 +71,23 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--path", default=str(SHARED_CIFAR), help="cifar10-jpeg tarball or folder")
-    parser.add_argument("--train", type=int, default=None, help="stratified training subset (default: all)")
+    parser.add_argument("--train", type=int, default=None,
+                        help="stratified training subset (default: the config's cifar10-jpeg subset, else all)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     config = load_config(args.config)
     if args.extra_config:
-        from poisonlab.config import merge
-
         config = merge(config, load_config(args.extra_config))
     recipe = get_recipe(config, args.recipe)
     if args.epochs:
         recipe = Recipe.from_dict({**recipe.to_dict(), "epochs": args.epochs}, name=f"recipes.{args.recipe}")
     device = pick_device(args.device)
-    clean = build_dataset("cifar10-jpeg", options={"path": args.path},
-                          subset={"train": args.train, "test": 10_000} if args.train else None)
+    subset = get_dataset_options(config, "cifar10-jpeg")[1] if "cifar10-jpeg" in config["datasets"] else None
+    if args.train:
+        subset = {"train": args.train, "test": 10_000}
+    clean = build_dataset("cifar10-jpeg", options={"path": args.path}, subset=subset)
     rows = []
     for cell in args.cells:
         poison, defense = cell.split("/")
