@@ -139,9 +139,12 @@ def get_recipe_config(wildcards):
     return get_recipe(config, config["recipe"]).to_dict()
 
 
-def get_run_metrics(*, dataset, archs, seeds, poison="clean", defense="none"):
+def get_run_metrics(
+    *, dataset, archs, seeds, poison="clean", defense="none", file="metrics.json"
+):
+    """A run's ``file`` (metrics.json, or an evaluation's json) for every arch and seed."""
     return expand(
-        RUN_DIR + "/metrics.json",
+        f"{RUN_DIR}/{file}",
         dataset=dataset,
         poison=poison,
         defense=defense,
@@ -172,16 +175,15 @@ def get_poison_runs(wildcards):
     }
 
 
-def get_defense_runs(wildcards, file="metrics.json"):
-    """(poison, defense) → that run's ``file`` on the scale's first arch, every seed."""
+def get_defense_runs(wildcards):
+    """(poison, defense) → that run's metrics.json on the scale's first arch, every seed."""
     return {
-        f"{poison}/{defense}": expand(
-            f"{RUN_DIR}/{file}",
+        (poison, defense): get_run_metrics(
             dataset=config["dataset"],
+            archs=config["archs"][:1],
+            seeds=config["seeds"],
             poison=poison,
             defense=defense,
-            arch=config["archs"][:1],
-            seed=config["seeds"],
         )
         for poison in ["clean", *config["poisons"]]
         for defense in config["defenses"]
@@ -194,13 +196,8 @@ def get_defense_grid(wildcards):
         wildcards.table
     ]
     return [
-        {
-            "row": key.split("/")[0],
-            "column": key.split("/")[1],
-            "metric": metric,
-            "runs": runs,
-        }
-        for key, runs in get_defense_runs(wildcards).items()
+        {"row": poison, "column": defense, "metric": metric, "runs": runs}
+        for (poison, defense), runs in get_defense_runs(wildcards).items()
     ]
 
 
@@ -221,22 +218,21 @@ EVALUATION_COLUMNS = {
 
 def get_evaluation_grid(wildcards):
     return [
-        {"row": key.split("/")[0], "column": title, "metric": metric, "runs": runs}
-        for key, runs in get_evaluation_runs(wildcards).items()
-        for title, metric in EVALUATION_COLUMNS[key.split("/")[1]]
+        {"row": poison, "column": title, "metric": metric, "runs": runs}
+        for (poison, evaluation), runs in get_evaluation_runs(wildcards).items()
+        for title, metric in EVALUATION_COLUMNS[evaluation]
     ]
 
 
 def get_evaluation_runs(wildcards):
     """(poison, evaluation) → the evaluation's json of the undefended run, every seed."""
     return {
-        f"{poison}/{evaluation}": expand(
-            f"{RUN_DIR}/{evaluation}.json",
+        (poison, evaluation): get_run_metrics(
             dataset=config["dataset"],
+            archs=config["archs"][:1],
+            seeds=config["seeds"],
             poison=poison,
-            defense="none",
-            arch=config["archs"][:1],
-            seed=config["seeds"],
+            file=f"{evaluation}.json",
         )
         for poison in ["clean", *config["poisons"]]
         for evaluation in config["evaluations"]

@@ -110,7 +110,7 @@ def get_evaluation_options(config: dict[str, Any], evaluation: str, dataset: str
 def check_config(config: dict[str, Any]) -> None:
     """Everything a run of this config will need, checked now: one ConfigError naming the field."""
     from poisonlab.data import DATASETS
-    from poisonlab.defenses import check_defense
+    from poisonlab.defenses import build_defense
     from poisonlab.evaluation import EVALUATIONS
     from poisonlab.models import MODELS
     from poisonlab.poisons import POISONS
@@ -127,7 +127,7 @@ def check_config(config: dict[str, Any]) -> None:
             POISONS.check_options(poison, get_poison_options(config, poison, dataset))
     for defense in {*config.get("defenses", []), *config.get("defense_options", {})}:
         for dataset in config["datasets"]:
-            check_defense(defense, get_defense_options(config, defense, dataset))
+            build_defense(defense, get_defense_options(config, defense, dataset))  # raises on bad input
     for evaluation in {*config.get("evaluations", []), *config.get("evaluation_options", {})}:
         for dataset in config["datasets"]:
             EVALUATIONS.check_options(evaluation, get_evaluation_options(config, evaluation, dataset))

@@ -8,10 +8,10 @@ import importlib
 import pkgutil
 
 from poisonlab.defenses.base import (DEFENSES, NUMBERED, EpochContext, Sanitizer, TrainingDefense, apply_sanitizer,
-                                     build_defense, check_defense, defense_names, is_sanitizer, split_name)
+                                     build_defense, defense_names, is_sanitizer, split_name)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["DEFENSES", "NUMBERED", "EpochContext", "Sanitizer", "TrainingDefense", "apply_sanitizer", "build_defense",
-           "check_defense", "defense_names", "is_sanitizer", "split_name"]
+           "defense_names", "is_sanitizer", "split_name"]

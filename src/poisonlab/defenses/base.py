@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from poisonlab.data.container import ImageDataset
@@ -80,10 +79,6 @@ def build_defense(name: str, options: dict[str, Any] | None = None) -> Defense:
     return DEFENSES.build(family, **from_name, **(options or {}))
 
 
-def check_defense(name: str, options: dict[str, Any] | None = None) -> None:
-    build_defense(name, options)
-
-
 def is_sanitizer(name: str, options: dict[str, Any] | None = None) -> bool:
     return isinstance(build_defense(name, options), Sanitizer)
 
@@ -103,7 +98,7 @@ def apply_sanitizer(name: str, dataset: ImageDataset, *, seed: int, options: dic
     if not isinstance(sanitizer, Sanitizer):
         raise ConfigError(f"defense '{name}' acts during training, not on the data; it has no sanitized set")
     generator = torch.Generator(device=device).manual_seed(seed)
-    images = _train_images(dataset.x_train, device)
+    images = to_float(dataset.x_train, device)  # uint8, or float16 pixel values: both /255
     labels = torch.from_numpy(dataset.y_train).to(device)
     cleaned = sanitizer.apply(images, labels, num_classes=dataset.num_classes, generator=generator)
     if cleaned.shape != images.shape:
@@ -118,8 +113,3 @@ def apply_sanitizer(name: str, dataset: ImageDataset, *, seed: int, options: dic
     return ImageDataset(x_train=x_train, y_train=dataset.y_train, x_test=dataset.x_test, y_test=dataset.y_test,
                         classes=dataset.classes, meta=meta, extras=dataset.extras)
 
-
-def _train_images(x: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    if x.dtype == np.uint8:
-        return to_float(x, device)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float().div_(255)
