@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torchvision import datasets
 
 from poisonlab.data import DATASETS, _existing_path, _md5, _tar_errors
 from poisonlab.data.container import ImageDataset
@@ -41,7 +40,7 @@ class CifarArchive:
     label_key: bytes
     names_key: bytes
     num_classes: int
-    torchvision_class: type[datasets.CIFAR10]
+    torchvision_class: str  # the torchvision.datasets class that downloads it
 
 
 CIFAR10 = CifarArchive(
@@ -55,7 +54,7 @@ CIFAR10 = CifarArchive(
     label_key=b"labels",
     names_key=b"label_names",
     num_classes=10,
-    torchvision_class=datasets.CIFAR10,
+    torchvision_class="CIFAR10",
 )
 CIFAR100 = CifarArchive(
     name="cifar100",
@@ -68,7 +67,7 @@ CIFAR100 = CifarArchive(
     label_key=b"fine_labels",
     names_key=b"fine_label_names",
     num_classes=100,
-    torchvision_class=datasets.CIFAR100,
+    torchvision_class="CIFAR100",
 )
 
 # What the official pickles (numpy 1, python 2) and the same dicts pickled by
@@ -152,8 +151,13 @@ def load_cifar_archive(spec: CifarArchive, path: Path, md5: str) -> ImageDataset
     )
 
 
-def _torchvision(name: str, root: str | os.PathLike, download: bool, cls: type, **split: Any) -> Any:
-    """``cls(root, download=download, **split)``, with a failure to find or fetch the data as a ConfigError."""
+def _torchvision(name: str, root: str | os.PathLike, download: bool, class_name: str, **split: Any) -> Any:
+    """``torchvision.datasets.<class_name>(root, download=download, **split)``, with a failure to find or
+    fetch the data as a ConfigError."""
+    # Imported here: torchvision costs ~1.3 s of start-up and only a download path needs it.
+    from torchvision import datasets
+
+    cls = getattr(datasets, class_name)
     try:
         return cls(str(root), download=download, **split)
     except (RuntimeError, OSError) as error:
@@ -177,7 +181,7 @@ def load_cifar_torchvision(spec: CifarArchive, root: str | os.PathLike, download
         classes=train.classes,
         meta={
             "dataset": spec.name,
-            "source": f"torchvision.datasets.{spec.torchvision_class.__name__} ({root})",
+            "source": f"torchvision.datasets.{spec.torchvision_class} ({root})",
             "source_checksum": f"md5:{_md5(*batch_files)}",
         },
     )
@@ -210,8 +214,8 @@ def load_cifar100(
 
 @DATASETS.register("svhn")
 def load_svhn(*, root: str = DEFAULT_ROOT, download: bool = True) -> ImageDataset:
-    train = _torchvision("svhn", root, download, datasets.SVHN, split="train")
-    test = _torchvision("svhn", root, download, datasets.SVHN, split="test")
+    train = _torchvision("svhn", root, download, "SVHN", split="train")
+    test = _torchvision("svhn", root, download, "SVHN", split="test")
     mat_files = [Path(root, f"{split}_32x32.mat") for split in ("train", "test")]
     return ImageDataset(
         # torchvision keeps SVHN as (N, 3, 32, 32); the container is (N, H, W, C).

@@ -31,8 +31,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from poisonlab.defenses.base import DEFENSES, Sanitizer, check_positive
 from poisonlab.registry import ConfigError
@@ -59,6 +57,9 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
 def jpeg(*, quality: int = 10) -> Sanitizer:
     """JPEG encode and decode at ``quality`` (1..100; ISS uses 10), on the uint8 image."""
     _check_integer(f"jpeg-{quality}", "quality", quality, 1, 100)
+    # torchvision is imported by the sanitizers that use it, not at the top: it costs ~1.3 s of start-up
+    # (it pulls in torch._dynamo) and every training job imports this package.
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
     def compress(chunk: torch.Tensor) -> torch.Tensor:
         # libjpeg on the CPU whatever the device, so the sanitized set does not depend on the machine.
@@ -109,6 +110,8 @@ def blur(*, kernel_size: int = 3, sigma: float = 0.1) -> Sanitizer:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
         raise ConfigError(f"defense 'blur': kernel_size must be an odd integer >= 3; got {kernel_size!r}")
     check_positive("blur", "sigma", sigma)
+    from torchvision.transforms.v2.functional import gaussian_blur  # here, as in jpeg
+
 
     def apply(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
               generator: torch.Generator) -> torch.Tensor:

@@ -42,8 +42,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from poisonlab.data.subset import stratified_indices
@@ -79,6 +77,9 @@ def linsep(run: TrainedRun, *, max_images: int | None = None, max_iter: int = 50
 
 def _training_accuracy(features: np.ndarray, labels: np.ndarray, max_iter: int) -> float:
     """Training accuracy in percent of unpenalised multinomial logistic regression."""
+    from sklearn.exceptions import ConvergenceWarning  # here, as in dfr: peak jobs need no scikit-learn
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=np.inf, max_iter=max_iter)
     # One BLAS thread: measured on 2 shared cores, the default two were 7-50x slower on these fits.
     with threadpool_limits(1), warnings.catch_warnings():

@@ -1,7 +1,10 @@
 """The model zoo: every arch is a ``Classifier`` (``body`` → features, ``head`` → logits).
 
 Importing this package registers every arch in ``MODELS``; config names
-resolve through it (``build_model("resnet18", ...)``).
+resolve through it (``build_model("resnet18", ...)``). The archs built from
+torchvision's import it inside their builder: importing torchvision pulls in
+torch._dynamo, ~1.3 s of every pipeline job's start-up, and most jobs never
+build one of those archs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ Small images get the CIFAR stem (3×3 stride-1 conv, no ``pool0``), so a
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import densenet121 as tv_densenet121
 
 from poisonlab.models.base import MODELS, SMALL_IMAGE, Classifier, check_sizes, global_pool, init_conv
 
@@ -17,6 +16,8 @@ def densenet121(*, num_classes: int, in_channels: int, image_size: int) -> Class
     # The CIFAR variant's three transitions each halve the map and need 2×2: 8 px.
     check_sizes("densenet121", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                 min_image_size=8)
+    from torchvision.models import densenet121 as tv_densenet121  # lazily: see models/__init__.py
+
     f = tv_densenet121(weights=None).features
     small = image_size <= SMALL_IMAGE
     conv0 = (nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False) if small

@@ -10,7 +10,6 @@ dropped: ``head`` is a plain linear layer for every arch, so DFR can refit it.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import mobilenet_v2
 
 from poisonlab.models.base import MODELS, SMALL_IMAGE, Classifier, check_sizes, global_pool, init_conv
 
@@ -27,6 +26,8 @@ def mobilenetv2(*, num_classes: int, in_channels: int, image_size: int) -> Class
                 min_image_size=8)
     small = image_size <= SMALL_IMAGE
     setting = [[t, c, n, 1 if small and i == 1 else s] for i, (t, c, n, s) in enumerate(SETTING)]
+    from torchvision.models import mobilenet_v2  # lazily: see models/__init__.py
+
     net = mobilenet_v2(weights=None, inverted_residual_setting=setting)
     stem = net.features[0]
     conv = nn.Conv2d(in_channels, stem[0].out_channels, 3, stride=1 if small else 2, padding=1, bias=False)

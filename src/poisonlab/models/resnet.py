@@ -8,7 +8,6 @@ get the usual CIFAR stem: one 3×3 stride-1 conv and no pool.
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from poisonlab.models.base import MODELS, SMALL_IMAGE, Classifier, check_sizes, global_pool, init_conv
 
@@ -18,6 +17,8 @@ def resnet18(*, num_classes: int, in_channels: int, image_size: int) -> Classifi
     # The CIFAR variant halves the map three times (layer2..layer4), each needing 2×2: 8 px.
     check_sizes("resnet18", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                 min_image_size=8)
+    from torchvision.models import resnet18 as tv_resnet18  # lazily: see models/__init__.py
+
     net = tv_resnet18(weights=None)
     small = image_size <= SMALL_IMAGE
     conv1 = (nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False) if small

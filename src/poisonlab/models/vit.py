@@ -9,13 +9,16 @@ final LayerNorm applied to the class token, whose output is the feature vector.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchvision.models import VisionTransformer
 
 from poisonlab.models.base import MODELS, SMALL_IMAGE, Classifier, check_sizes
 from poisonlab.registry import ConfigError
+
+if TYPE_CHECKING:
+    from torchvision.models import VisionTransformer
 
 WIDTH, HEADS, DEPTH, MLP = 384, 6, 12, 1536
 
@@ -71,6 +74,8 @@ def vit_small(*, num_classes: int, in_channels: int, image_size: int) -> Classif
             f"arch 'vit-small': image_size must be a multiple of its patch size {patch}, got {image_size}; "
             "allowed: multiples of 4 from 8 to 64, multiples of 16 above 64"
         )
+    from torchvision.models import VisionTransformer  # lazily: see models/__init__.py
+
     vit = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=DEPTH, num_heads=HEADS,
                             hidden_dim=WIDTH, mlp_dim=MLP)
     blocks = [(f"block{i + 1}", block) for i, block in enumerate(vit.encoder.layers)]
