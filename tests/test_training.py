@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,6 +107,7 @@ def test_bad_augmentation_specs_are_rejected(spec, match):
     ({"grad_clip": -1}, r"grad_clip must be > 0"),
     ({"learning_rate": 0.1}, r"unknown key\(s\) learning_rate; allowed: epochs, batch_size"),
     ({"augment": {"crop": {"pad": 4}}}, r"crop' got unknown option\(s\) pad"),
+    ({"precision": "fp16"}, r"recipe.precision: unknown 'fp16'; allowed: auto, bf16, fp32"),
 ])
 def test_bad_recipes_are_rejected_before_training(values, match):
     with pytest.raises(ConfigError, match=match):
@@ -158,6 +161,20 @@ def test_same_seed_same_weights_other_seed_differs():
         weights.append(torch.cat([p.flatten() for p in model.state_dict().values() if p.is_floating_point()]))
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], weights[2])
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("auto", torch.float32),
+                                             ("fp32", torch.float32)])
+def test_precision_sets_the_forward_dtype_on_the_cpu(precision, dtype):
+    # "auto" is bf16 on CUDA only; the embedded recipe asks for bf16 on the CPU as well.
+    data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
+    model = _toy_model()
+    seen = set()
+    model[-1].register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    recipe = dataclasses.replace(RECIPE, precision=precision)
+    result = fit(model, data, recipe, seed=0, progress=False)
+    assert seen == {dtype}  # training steps and the per-epoch test accuracy alike
+    assert result.final_test_acc > 90
 
 
 class _Killed(Exception):

@@ -67,6 +67,7 @@ def dfr(run: TrainedRun, *, train_images: int = 5000, C: float = 1.0, seed: int 
                                 split="dfr train_images")
     x_retrain = torch.from_numpy(np.ascontiguousarray(clean.x_train[chosen].transpose(0, 3, 1, 2))).to(run.device)
     batch_size = run.metrics.get("recipe_config", {}).get("eval_batch_size", 256)
+    precision = run.metrics.get("recipe_config", {}).get("precision", "auto")
 
     rows = []
     for epoch, weights in run.checkpoints():
@@ -78,7 +79,8 @@ def dfr(run: TrainedRun, *, train_images: int = 5000, C: float = 1.0, seed: int 
         with threadpool_limits(1):
             head.fit(features, clean.y_train[chosen])
         after = 100.0 * head.score(_features(model, data, data.x_test, batch_size), clean.y_test)
-        rows.append({"epoch": epoch, "test_acc_before": evaluate(model, data, batch_size), "test_acc_after": after})
+        before = evaluate(model, data, batch_size, precision)
+        rows.append({"epoch": epoch, "test_acc_before": before, "test_acc_after": after})
     return {
         "train_images": len(chosen),
         "epochs": rows,

@@ -120,11 +120,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def evaluate(model: torch.nn.Module, data: DeviceData, batch_size: int) -> float:
-    """Test accuracy in percent."""
+def evaluate(model: torch.nn.Module, data: DeviceData, batch_size: int, precision: str = "auto") -> float:
+    """Test accuracy in percent, at the ``precision`` the model was trained with (a recipe's)."""
     model.eval()
     correct = 0
-    with torch.no_grad(), _autocast(data.x_test.device):
+    with torch.no_grad(), autocast(data.x_test.device, precision):
         for start in range(0, len(data.x_test), batch_size):
             x = data.normalize(data.x_test[start:start + batch_size])
             correct += (model(x).argmax(1) == data.y_test[start:start + batch_size]).sum().item()
@@ -188,7 +188,7 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         for x, targets, labels in data.training_batches(recipe.batch_size, augmentations, generator):
-            with _autocast(device):
+            with autocast(device, recipe.precision):
                 loss, logits = objective(model, x, targets, data.normalize, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -203,7 +203,7 @@ def fit(
             "epoch": epoch,
             "train_loss": loss_sum.item() / len(data.x_train),
             "train_acc": 100.0 * correct.item() / len(data.x_train),
-            "test_acc": evaluate(model, data, recipe.eval_batch_size),
+            "test_acc": evaluate(model, data, recipe.eval_batch_size, recipe.precision),
             "seconds": time.perf_counter() - epoch_started,
         }
         history.append(row)
@@ -239,9 +239,15 @@ def plain_objective(label_smoothing: float) -> Objective:
     return objective
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA: the Hopper/Ampere fast path with no loss scaling; the CPU stays in fp32.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, precision: str):
+    """A recipe's ``precision`` on ``device``: bf16 autocast (no loss scaling needed, unlike fp16) or fp32.
+
+    "auto" is bf16 on CUDA only: the Hopper/Ampere fast path, while a CPU without bf16 units would
+    emulate it slowly; "bf16" asks for it everywhere, "fp32" nowhere.
+    """
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def _load_checkpoint(path: str | os.PathLike | None, fingerprint: dict[str, Any] | None) -> dict | None:

