@@ -1,9 +1,10 @@
 """Snakemake adapter: one evaluation of one finished run → its json."""
 
-import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")
+from poisonlab.job import start_job
+
+start_job(snakemake.log[0])
 
 import torch
 

@@ -1,8 +1,8 @@
 """Snakemake adapter: figure ``params.figure`` from the keyword arguments ``params.arguments``, as pdf and png."""
 
-import sys
+from poisonlab.job import start_job
 
-sys.stderr = open(snakemake.log[0], "w")
+start_job(snakemake.log[0])
 
 from poisonlab.reporting.figures import FIGURES, save_figure
 

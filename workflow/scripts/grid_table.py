@@ -1,8 +1,8 @@
 """Snakemake adapter: a table from its cells (the fields of reporting.Cell, runs included) in the rule's params."""
 
-import sys
+from poisonlab.job import start_job
 
-sys.stderr = open(snakemake.log[0], "w")
+start_job(snakemake.log[0])
 
 from poisonlab.reporting import Cell, build_table, write_table
 

@@ -1,8 +1,8 @@
 """Snakemake adapter: a table with a row per named input (an arch, a poison), final and peak accuracy."""
 
-import sys
+from poisonlab.job import start_job
 
-sys.stderr = open(snakemake.log[0], "w")
+start_job(snakemake.log[0])
 
 from poisonlab.reporting import accuracy_cells, build_table, write_table
 

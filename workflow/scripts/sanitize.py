@@ -2,7 +2,9 @@
 
 import sys
 
-sys.stderr = open(snakemake.log[0], "w")
+from poisonlab.job import start_job
+
+start_job(snakemake.log[0])
 
 import torch
 

@@ -4,7 +4,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "a")  # append: a resumed run keeps the log of the killed one
+from poisonlab.job import start_job
+
+start_job(snakemake.log[0], append=True)  # a resumed run keeps the log of the killed one
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 import torch
