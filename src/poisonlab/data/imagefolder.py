@@ -11,6 +11,7 @@ torchvision's ImageFolder. Files whose suffix is not an image type that
 
 from __future__ import annotations
 
+import functools
 import os
 import tarfile
 import warnings
@@ -144,13 +145,9 @@ def _find_layout(tree: _TarTree | _DirTree) -> tuple[list[str], dict[str, list[t
     return classes, {"train": layout["train"], "test": layout[test_split]}
 
 
-def _decode(data: bytes, name: str) -> torch.Tensor:
-    # torchvision is imported where it is used: at the top it would add ~1.3 s to every job that imports
-    # poisonlab.data, and only a clean_dataset job decodes images.
-    from torchvision.io import ImageReadMode, decode_image
-
+def _decode(data: bytes, name: str, read_rgb: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return read_rgb(torch.frombuffer(bytearray(data), dtype=torch.uint8))
     except (RuntimeError, ValueError) as error:
         raise ConfigError(f"{name} does not decode as an image ({error})") from None
 
@@ -164,7 +161,7 @@ def _require_size(image: torch.Tensor, name: str, size: int) -> torch.Tensor:
 
 def _resize_center_crop(image: torch.Tensor, name: str, size: int) -> torch.Tensor:
     """Shorter side to ``size`` (antialiased), then the central ``size``×``size``."""
-    from torchvision.transforms.v2 import functional as F  # where used: see _decode
+    from torchvision.transforms.v2 import functional as F  # where used: see load_imagefolder
 
     return F.center_crop(F.resize(image, [size], antialias=True), [size, size])
 
@@ -187,10 +184,16 @@ def load_imagefolder(
             # image decoding over; TorchCodec is not a dependency yet, and one
             # warning per image would flood the log of every run.
             warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
+            # torchvision is imported here, once a load, not at the top: it would add ~1.3 s to every job
+            # that imports poisonlab.data, and only a clean_dataset job decodes images.
+            from torchvision.io import ImageReadMode, decode_image
+
+            read_rgb = functools.partial(decode_image, mode=ImageReadMode.RGB)
             for parts, data in tree.read(slots):
                 name = tree.describe(parts)
                 target, index = slots[parts]
-                target[index] = fit(_decode(data, name), name, image_size).permute(1, 2, 0).numpy()
+                image = _decode(data, name, read_rgb)
+                target[index] = fit(image, name, image_size).permute(1, 2, 0).numpy()
     return ImageDataset(
         x_train=x["train"],
         y_train=[label for _, label in layout["train"]],

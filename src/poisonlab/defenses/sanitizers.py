@@ -112,7 +112,6 @@ def blur(*, kernel_size: int = 3, sigma: float = 0.1) -> Sanitizer:
     check_positive("blur", "sigma", sigma)
     from torchvision.transforms.v2.functional import gaussian_blur  # here, as in jpeg
 
-
     def apply(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
               generator: torch.Generator) -> torch.Tensor:
         return _in_chunks(lambda chunk: gaussian_blur(chunk, [kernel_size, kernel_size], [float(sigma)] * 2), images)

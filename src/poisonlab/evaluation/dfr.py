@@ -66,8 +66,8 @@ def dfr(run: TrainedRun, *, train_images: int = 5000, C: float = 1.0, seed: int 
     chosen = stratified_indices(clean.y_train, min(train_images, len(clean.y_train)), seed=seed,
                                 split="dfr train_images")
     x_retrain = torch.from_numpy(np.ascontiguousarray(clean.x_train[chosen].transpose(0, 3, 1, 2))).to(run.device)
-    batch_size = run.metrics.get("recipe_config", {}).get("eval_batch_size", 256)
-    precision = run.metrics.get("recipe_config", {}).get("precision", "auto")
+    recipe_config = run.metrics.get("recipe_config", {})
+    batch_size, precision = recipe_config.get("eval_batch_size", 256), recipe_config.get("precision", "auto")
 
     rows = []
     for epoch, weights in run.checkpoints():

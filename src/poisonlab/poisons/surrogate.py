@@ -12,7 +12,6 @@ bf16 autocast, as the training loop does; on the CPU everything stays fp32.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from torch import nn
 
 from poisonlab.models import MODELS, build_model
 from poisonlab.registry import ConfigError
+from poisonlab.training.loop import autocast
 from poisonlab.training.augment import build_augmentations
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
@@ -78,8 +78,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if x.device.type == "cuda" else nullcontext()
-    with autocast:
+    with autocast(x.device, "auto"):  # the training loop's default: bf16 on CUDA, fp32 on the CPU
         return model(x).float()
 
 

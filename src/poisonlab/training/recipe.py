@@ -19,8 +19,7 @@ from poisonlab.registry import ConfigError, Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., Callable[[int], float]]] = Registry("schedule")
-# bf16 autocast of the forward pass: "auto" on CUDA only (its fast path), "bf16" on every device (on a
-# CPU with AVX-512 BF16, ~1.5x faster for smallcnn and the same accuracy, measured), "fp32" never.
+# bf16 autocast of the forward pass (training.loop.autocast says where each applies it).
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
