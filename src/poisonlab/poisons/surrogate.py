@@ -19,8 +19,8 @@ from torch import nn
 
 from poisonlab.models import MODELS, build_model
 from poisonlab.registry import ConfigError
-from poisonlab.training.loop import autocast
 from poisonlab.training.augment import build_augmentations
+from poisonlab.training.loop import autocast
 
 Loss = Callable[[torch.Tensor], torch.Tensor]
 
