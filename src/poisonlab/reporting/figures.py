@@ -47,8 +47,8 @@ def save_figure(fig: Figure, *, pdf: str | os.PathLike, png: str | os.PathLike) 
 
     The figure is not in pyplot's list, so nothing needs closing: dropping it frees it.
     """
-    with atomic_path(pdf) as tmp:
-        fig.savefig(tmp, format="pdf", bbox_inches="tight")
+    with atomic_path(pdf) as tmp:  # no creation date: the same figure gives the same bytes
+        fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None})
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight")
 
