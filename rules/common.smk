@@ -116,6 +116,8 @@ onstart:
     tracking.init_store(
         experiments=[tracking.experiment_name(d) for d in config["datasets"]]
     )
+    # Runs of jobs killed in an earlier DAG are closed as KILLED (a rerun resumes into its own run).
+    tracking.close_stale_runs(results=config["paths"]["results"])
 
 
 # ---------------------------------------------------------------- input functions

@@ -4,12 +4,33 @@ MLflow logs to ``sqlite:///mlflow.db`` at the project root unless
 ``MLFLOW_TRACKING_URI`` says otherwise; telemetry is off. Tables are built
 from ``metrics.json`` only (DESIGN.md): MLflow is the record people browse,
 never the one results are computed from.
+
+Run states follow the DAG, so the UI shows one live run per cell:
+
+- A run is RUNNING while its job trains, FINISHED when it wrote ``metrics.json``,
+  FAILED when its job raised.
+- A job killed outright (SIGKILL, a node lost, Snakemake's own kill, Slurm's
+  time limit) cannot close its run. At the start of every DAG (Snakemake's
+  ``onstart``), ``close_stale_runs`` marks KILLED each RUNNING run whose process
+  is not running now: the host and pid that (re)started it, or its Slurm job
+  (``squeue``), recorded as tags at every start. Only a run positively seen alive
+  stays RUNNING; one that cannot be probed (another host without a Slurm job, no
+  ``squeue``) is closed, since a live run wrongly closed is set FINISHED by its
+  own end anyway, while a dead run left open stays RUNNING for ever.
+- A killed run whose folder still holds ``checkpoint.pt`` and its id in
+  ``mlflow_run_id`` is KILLED too, tagged ``poisonlab.resumable``: the rerun of
+  its cell resumes into it (``training.run``), which sets it RUNNING again and
+  FINISHED at its end. Its checkpoint gone, the rerun starts a new run and the
+  killed one stays KILLED. After a kill and a rerun, each cell therefore has one
+  FINISHED run and any others KILLED.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import platform
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -97,10 +118,93 @@ class MlflowRun:
         mlflow.log_metrics(metrics)
 
 
+# ---------------------------------------------------------------- runs killed with their job
+
+# Where a run's process is, tagged at every (re)start: a resume may run on another host or Slurm job.
+PROCESS_TAGS = ("poisonlab.host", "poisonlab.pid", "poisonlab.slurm_job_id")
+
+
+def process_tags() -> dict[str, str]:
+    return dict(zip(PROCESS_TAGS, (socket.gethostname(), str(os.getpid()), os.environ.get("SLURM_JOB_ID", ""))))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process holds the pid: alive, though perhaps not ours
+        return True
+    return True
+
+
+def _slurm_jobs() -> set[str] | None:
+    """The user's queued and running Slurm job ids, or None where Slurm cannot be asked."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    try:
+        listed = subprocess.run([squeue, "--noheader", "--format=%i", f"--user={getpass.getuser()}"],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(listed.split())
+
+
+def _alive(tags: dict[str, str], slurm_jobs: set[str] | None) -> bool:
+    """Whether the process a run's tags name is seen running now (False where it cannot be seen)."""
+    job = tags.get("poisonlab.slurm_job_id", "")
+    if job:
+        return slurm_jobs is not None and job in slurm_jobs
+    pid = tags.get("poisonlab.pid", "")
+    return tags.get("poisonlab.host") == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
+
+
+def _resumable(run_name: str, run_id: str, results: Path | None) -> bool:
+    """Whether the run's folder (``results/runs/<run name>``) holds the checkpoint a rerun resumes it from."""
+    if results is None or not run_name:
+        return False
+    run_dir = results / "runs" / run_name
+    id_file = run_dir / "mlflow_run_id"
+    return (run_dir / "checkpoint.pt").exists() and id_file.exists() and id_file.read_text().strip() == run_id
+
+
+def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
+    """Mark KILLED every RUNNING poisonlab run whose process is not running; return their ids.
+
+    Called at the start of a DAG, before any job (Snakemake's ``onstart``). ``results`` is the folder
+    holding ``runs/``: a closed run that a rerun will resume is tagged ``poisonlab.resumable=true``.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("poisonlab/")]
+    if not experiments:
+        return []
+    running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000)
+    slurm_jobs = _slurm_jobs() if any(run.data.tags.get("poisonlab.slurm_job_id") for run in running) else None
+    results = Path(results) if results is not None else None
+    closed = []
+    for run in running:
+        if _alive(run.data.tags, slurm_jobs):
+            continue
+        resumable = _resumable(run.info.run_name, run.info.run_id, results)
+        client.set_tag(run.info.run_id, "poisonlab.resumable", str(resumable).lower())
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+# ---------------------------------------------------------------- one run
+
+
 @contextmanager
 def mlflow_run(*, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
                run_id: str | None = None) -> Iterator[MlflowRun]:
-    """Start (or, given ``run_id``, resume) a run; a failure marks it FAILED, not FINISHED."""
+    """Start (or, given ``run_id``, resume) a run; a failure marks it FAILED, not FINISHED.
+
+    Every start tags the run with its process (host, pid, Slurm job), which ``close_stale_runs`` probes.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -109,4 +213,7 @@ def mlflow_run(*, experiment: str, run_name: str, params: dict[str, Any], tags: 
         if run_id is None:
             mlflow.log_params(params)
             mlflow.set_tags(tags)
+        mlflow.set_tags(process_tags())
+        if "poisonlab.resumable" in run.data.tags:  # closed as killed at a DAG's start; live again now
+            mlflow.delete_tag("poisonlab.resumable")
         yield MlflowRun(run.info.run_id)

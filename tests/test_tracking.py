@@ -1,0 +1,146 @@
+"""MLflow states that match the DAG: a killed job's run is closed at the next DAG's start, a rerun resumes into it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import quadrant_dataset, snakemake
+from poisonlab import tracking
+
+# A training job: the toy cell's run, SIGKILLed by itself right after epoch ``kill_after`` is checkpointed and logged
+# (no clean-up of any kind, as when a node dies); ``kill_after`` 0 trains to the end.
+TRAIN_JOB = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from poisonlab import tracking
+    from poisonlab.training import Recipe
+    from poisonlab.training.run import RunSpec, train_run
+
+    data, run_dir, seed, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(1)
+    log_epoch = tracking.MlflowRun.log_epoch
+
+    def log_then_die(self, row):
+        log_epoch(self, row)
+        if row["epoch"] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    tracking.MlflowRun.log_epoch = log_then_die
+    recipe = Recipe.from_dict({"epochs": 4, "batch_size": 32, "lr": 0.05, "precision": "fp32"})
+    spec = RunSpec(dataset="quadrants", arch="smallcnn", recipe="toy", seed=seed)
+    train_run(spec, recipe, data, run_dir, device="cpu", progress=False, keep_weights_every=4)
+""")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.init_store([tracking.experiment_name("quadrants")])
+    return uri
+
+
+def train_job(data: Path, results: Path, seed: int, *, kill_after: int = 0) -> subprocess.CompletedProcess:
+    run_dir = results / "runs" / f"quadrants/clean/none/smallcnn/toy/seed{seed}"
+    return subprocess.run([sys.executable, "-c", TRAIN_JOB, str(data), str(run_dir), str(seed), str(kill_after)],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def runs_by_cell(uri: str) -> dict[str, list[tuple[str, str]]]:
+    """{run name: [(status, resumable tag), ...]} of every run in the store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(tracking.experiment_name("quadrants")).experiment_id
+    cells: dict[str, list[tuple[str, str]]] = {}
+    for run in client.search_runs([experiment]):
+        cells.setdefault(run.info.run_name, []).append((run.info.status, run.data.tags.get("poisonlab.resumable", "")))
+    return {name: sorted(states) for name, states in sorted(cells.items())}
+
+
+@pytest.mark.slow
+def test_killed_training_jobs_are_closed_at_the_next_start_and_a_rerun_finishes_one_run_a_cell(tmp_path, store):
+    data = tmp_path / "quadrants.npz"
+    quadrant_dataset(n_train=512).save(data)
+    results = tmp_path / "results"
+    cell = {seed: f"quadrants/clean/none/smallcnn/toy/seed{seed}" for seed in (0, 1)}
+
+    for seed in (0, 1):  # the DAG is killed while both cells train
+        assert train_job(data, results, seed, kill_after=2).returncode == -9
+    assert runs_by_cell(store) == {cell[0]: [("RUNNING", "")], cell[1]: [("RUNNING", "")]}  # open for ever, so far
+    (results / "runs" / cell[1] / "checkpoint.pt").unlink()  # seed 1 can no longer resume: its run is dead
+
+    # The next DAG starts: both runs are closed, the one with a checkpoint marked as resumable.
+    assert len(tracking.close_stale_runs(results)) == 2
+    assert runs_by_cell(store) == {cell[0]: [("KILLED", "true")], cell[1]: [("KILLED", "false")]}
+    assert tracking.close_stale_runs(results) == []  # nothing left open
+
+    for seed in (0, 1):  # its jobs: seed 0 resumes into its run, seed 1 starts a new one
+        rerun = train_job(data, results, seed)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert runs_by_cell(store) == {cell[0]: [("FINISHED", "")], cell[1]: [("FINISHED", ""), ("KILLED", "false")]}
+
+    # The resumed run's checkpoint has the bytes of an uninterrupted run's.
+    uninterrupted = tmp_path / "uninterrupted"
+    assert train_job(data, uninterrupted, 0).returncode == 0
+    model = "runs/quadrants/clean/none/smallcnn/toy/seed0/model.pt"
+    assert (results / model).read_bytes() == (uninterrupted / model).read_bytes()
+
+
+def test_only_runs_seen_alive_stay_running(store, tmp_path, monkeypatch):
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name(tracking.experiment_name("quadrants")).experiment_id
+    dead = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead.wait()
+    host = socket.gethostname()
+    processes = {
+        "this process": (host, os.getpid(), ""),
+        "a dead process": (host, dead.pid, ""),
+        "another host": ("elsewhere", os.getpid(), ""),
+        "a queued slurm job": ("node1", 1, "123"),
+        "an ended slurm job": ("node1", 1, "124"),
+    }
+    ids = {}
+    for name, (host_name, pid, job) in processes.items():
+        run = client.create_run(experiment, run_name=name)
+        for key, value in zip(tracking.PROCESS_TAGS, (host_name, str(pid), job)):
+            client.set_tag(run.info.run_id, key, value)
+        ids[name] = run.info.run_id
+    old = client.create_run(experiment, run_name="before process tags")  # a run of an older poisonlab
+    ids["before process tags"] = old.info.run_id
+    # squeue lists the user's jobs: 123 is queued, 124 has ended
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\necho 123\necho 999\n")
+    (tmp_path / "bin" / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+    closed = tracking.close_stale_runs(tmp_path / "results")
+    states = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert states == {"this process": "RUNNING", "a dead process": "KILLED", "another host": "KILLED",
+                      "a queued slurm job": "RUNNING", "an ended slurm job": "KILLED",
+                      "before process tags": "KILLED"}
+    assert sorted(closed) == sorted(ids[name] for name, state in states.items() if state == "KILLED")
+
+
+@pytest.mark.slow
+def test_a_dag_start_closes_the_runs_of_jobs_killed_before(scratch_repo, workflow_env, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{scratch_repo / 'mlflow.db'}"  # the project's default store, where the DAG logs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.init_store([tracking.experiment_name("mnist5k")])
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(tracking.experiment_name("mnist5k")).experiment_id
+    stale = client.create_run(experiment, run_name="mnist5k/clean/none/smallcnn/tiny/seed0").info.run_id
+    snakemake(scratch_repo, "--profile", "local", "--configfile", "tests/fixtures/tiny.yaml", "--",
+              "data/clean/mnist5k.npz", env=workflow_env)
+    assert client.get_run(stale).info.status == "KILLED"
