@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from poisonlab import tracking
 from poisonlab.cli import main as cli
 from poisonlab.config import get_recipe, load_config
 from poisonlab.data import build_dataset
+from poisonlab.training import run as run_module
+from poisonlab.training.loop import fit
+from poisonlab.training.precision import resolve_precision
 from poisonlab.training.run import RunSpec, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +50,7 @@ def test_embedded_default_reaches_mnist_accuracy_and_logs_the_run(mnist5k_contai
     assert set(tracking.METRICS_KEYS) <= set(on_disk)
     assert on_disk["epochs"] == len(on_disk["history"]) == recipe.epochs
     assert on_disk["peak_test_acc"] == max(row["test_acc"] for row in on_disk["history"])
+    assert on_disk["precision"] == resolve_precision(recipe.precision, "cpu")  # auto, resolved on this CPU
     assert sorted(p.name for p in run_dir.iterdir()) == ["epochs", "metrics.json", "model.pt"]  # no checkpoint
     kept = sorted(p.name for p in (run_dir / "epochs").iterdir())
     assert kept == [f"epoch{e:03d}.pt" for e in range(1, recipe.epochs + 1)]
@@ -58,6 +63,43 @@ def test_embedded_default_reaches_mnist_accuracy_and_logs_the_run(mnist5k_contai
     assert run.data.params["arch"] == "smallcnn" and run.data.tags["dataset_sha256"] == on_disk["dataset_sha256"]
     test_acc = mlflow.MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "test_acc")
     assert [m.value for m in sorted(test_acc, key=lambda m: m.step)] == [r["test_acc"] for r in on_disk["history"]]
+    assert run.data.tags["precision_resolved"] == on_disk["precision"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_rerun_after_a_config_change_trains_the_new_config_from_scratch(mnist5k_container, mlflow_uri, tmp_path,
+                                                                         monkeypatch):
+    # Killed after epoch 2 under one recipe, rerun under a changed one: no "belongs to another run" stop,
+    # the rerun's weights are bitwise those of the new recipe trained without any earlier attempt.
+    embedded = get_recipe(load_config(ROOT / "config" / "config.yaml"), "embedded")
+    old, new = (dataclasses.replace(embedded, epochs=3, lr=lr) for lr in (embedded.lr, embedded.lr / 2))
+    spec = RunSpec(dataset="mnist5k", arch="smallcnn", recipe="embedded", seed=0)
+
+    def killed_after_epoch_2(*args, on_epoch, **kwargs):
+        def log_then_kill(row):
+            on_epoch(row)
+            if row["epoch"] == 2:
+                raise _Killed
+        return fit(*args, on_epoch=log_then_kill, **kwargs)
+
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "fit", killed_after_epoch_2)
+        with pytest.raises(_Killed):
+            train_run(spec, old, mnist5k_container, run_dir, device="cpu", progress=False)
+    killed_run_id = (run_dir / "mlflow_run_id").read_text()
+    assert (run_dir / "checkpoint.pt").exists() and len(list((run_dir / "epochs").iterdir())) == 2
+
+    rerun = train_run(spec, new, mnist5k_container, run_dir, device="cpu", progress=False)
+    fresh = train_run(spec, new, mnist5k_container, tmp_path / "fresh", device="cpu", progress=False)
+    assert [row["epoch"] for row in rerun["history"]] == [1, 2, 3]
+    assert rerun["recipe_config"]["lr"] == new.lr and rerun["mlflow_run_id"] != killed_run_id
+    assert [row["test_acc"] for row in rerun["history"]] == [row["test_acc"] for row in fresh["history"]]
+    weights = [torch.load(d / "model.pt", weights_only=True) for d in (run_dir, tmp_path / "fresh")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 @pytest.mark.parametrize("argv,message", [

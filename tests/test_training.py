@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from conftest import quadrant_dataset
 from poisonlab.registry import ConfigError
 from poisonlab.training import AUGMENTATIONS, DeviceData, Recipe, build_augmentations, fit
+from poisonlab.training import precision as precision_module
 
 
 def _batch(b=16, c=3, h=8, w=8, k=4):
@@ -163,18 +166,48 @@ def test_same_seed_same_weights_other_seed_differs():
     assert not torch.equal(weights[0], weights[2])
 
 
-@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("auto", torch.float32),
-                                             ("fp32", torch.float32)])
-def test_precision_sets_the_forward_dtype_on_the_cpu(precision, dtype):
-    # "auto" is bf16 on CUDA only; the embedded recipe asks for bf16 on the CPU as well.
+@pytest.mark.parametrize("native_bf16", [False, True])
+@pytest.mark.parametrize("precision", ["auto", "bf16", "fp32"])
+def test_precision_sets_the_forward_dtype_on_the_cpu(precision, native_bf16, monkeypatch):
+    # "auto" follows the hardware: bf16 only where the CPU has bf16 units; an explicit value is honoured.
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native_bf16)
+    expected = "bf16" if precision == "bf16" or (precision == "auto" and native_bf16) else "fp32"
     data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
     model = _toy_model()
     seen = set()
     model[-1].register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
     recipe = dataclasses.replace(RECIPE, precision=precision)
     result = fit(model, data, recipe, seed=0, progress=False)
-    assert seen == {dtype}  # training steps and the per-epoch test accuracy alike
+    assert seen == {torch.bfloat16 if expected == "bf16" else torch.float32}  # training steps and test accuracy
+    assert result.precision == expected
     assert result.final_test_acc > 90
+
+
+def test_auto_precision_is_bf16_on_cuda_whatever_the_cpu(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    assert precision_module.resolve_precision("auto", "cuda") == "bf16"
+    assert precision_module.resolve_precision("fp32", "cuda") == "fp32"
+
+
+def test_explicit_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    precision_module._warn_emulated_bf16.cache_clear()
+    with caplog.at_level("WARNING", logger=precision_module.__name__):
+        for _ in range(3):
+            assert precision_module.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert precision_module.resolve_precision("auto", "cpu") == "fp32"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "8-10x slower than fp32" in warnings[0]
+    precision_module._warn_emulated_bf16.cache_clear()
+
+
+def test_native_bf16_check_agrees_with_the_cpu_flags():
+    # PyTorch's cpuinfo and the kernel's flags must tell the same story (x86-64 Linux only).
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        pytest.skip("x86-64 Linux only")
+    flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    assert precision_module.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 class _Killed(Exception):
@@ -206,6 +239,30 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, resumed_model.state_dict()[name]), name
 
-    with pytest.raises(ConfigError, match="belongs to another run"):
-        fit(_toy_model(), data, RECIPE, seed=0, checkpoint_path=checkpoint, fingerprint={"run": "other"},
-            progress=False)
+
+
+def test_a_rerun_with_a_changed_configuration_starts_over(tmp_path, caplog):
+    # A killed attempt under one recipe, then a rerun under another: the old checkpoint is discarded,
+    # and the weights are exactly those of the new configuration trained from scratch.
+    data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
+    changed = dataclasses.replace(RECIPE, lr=RECIPE.lr / 2)
+    reference = _toy_model()
+    fit(reference, data, changed, seed=0, progress=False)
+
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def kill_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        fit(_toy_model(), data, RECIPE, seed=0, checkpoint_path=checkpoint,
+            fingerprint={"recipe": RECIPE.to_dict()}, on_epoch=kill_after_epoch_2, progress=False)
+    rerun_model = _toy_model()
+    with caplog.at_level("WARNING"):
+        rerun = fit(rerun_model, data, changed, seed=0, checkpoint_path=checkpoint,
+                    fingerprint={"recipe": changed.to_dict()}, progress=False)
+    assert [row["epoch"] for row in rerun.history] == [1, 2, 3, 4]
+    assert "earlier configuration (changed: recipe); starting over" in caplog.text
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, rerun_model.state_dict()[name]), name

@@ -67,7 +67,9 @@ def dfr(run: TrainedRun, *, train_images: int = 5000, C: float = 1.0, seed: int 
                                 split="dfr train_images")
     x_retrain = torch.from_numpy(np.ascontiguousarray(clean.x_train[chosen].transpose(0, 3, 1, 2))).to(run.device)
     recipe_config = run.metrics.get("recipe_config", {})
-    batch_size, precision = recipe_config.get("eval_batch_size", 256), recipe_config.get("precision", "auto")
+    batch_size = recipe_config.get("eval_batch_size", 256)
+    # The precision the run trained and was scored in, so "before" is the run's own test accuracy.
+    precision = run.metrics.get("precision", recipe_config.get("precision", "auto"))
 
     rows = []
     for epoch, weights in run.checkpoints():

@@ -33,6 +33,7 @@ from poisonlab.atomic import torch_save
 from poisonlab.data.container import ImageDataset
 from poisonlab.registry import ConfigError
 from poisonlab.training.augment import Augmentation, build_augmentations
+from poisonlab.training.precision import resolve_precision
 from poisonlab.training.procedure import EpochContext, Objective, TrainingDefense, soft_cross_entropy
 from poisonlab.training.recipe import Recipe
 
@@ -87,8 +88,7 @@ class DeviceData:
         Raw, not normalised: a defense's objective (adversarial training) perturbs pixels, and
         ``normalize`` is the model's first step in every objective.
         """
-        order = torch.randperm(len(self.x_train), generator=generator, device=generator.device)
-        for batch in order.to(self.x_train.device).split(batch_size):
+        for batch in shuffled_batches(len(self.x_train), batch_size, generator, self.x_train.device):
             x, labels = self.x_train[batch], self.y_train[batch]
             targets = F.one_hot(labels, self.num_classes).float()
             for augment in augmentations:
@@ -101,6 +101,7 @@ class TrainResult:
     history: list[dict[str, float]]
     wall_seconds: float
     device: str
+    precision: str  # as resolved on the device: bf16 or fp32
 
     @property
     def final_test_acc(self) -> float:
@@ -147,8 +148,9 @@ def fit(
 ) -> TrainResult:
     """Train ``model`` (already on ``data``'s device) by ``recipe``; resume from ``checkpoint_path`` if present.
 
-    ``fingerprint`` names what the checkpoint belongs to (data, arch, recipe, seed); resuming a
-    checkpoint with another fingerprint is refused rather than silently mixing two runs.
+    ``fingerprint`` names what the checkpoint belongs to (data, arch, recipe, seed); a checkpoint
+    with another fingerprint (the configuration changed since a killed attempt) is deleted and
+    training starts over, never mixing the two runs.
     ``defense`` is a training-time defense (transforms, objective, per-epoch hook). With
     ``weights_dir``, the model's weights after every ``keep_weights_every``-th epoch and the last
     are kept as ``epochNNN.pt`` there, for evaluations over training (DFR).
@@ -156,6 +158,7 @@ def fit(
     defense = defense or TrainingDefense()
     objective = defense.objective or plain_objective(recipe.label_smoothing)
     device = data.x_train.device
+    precision = resolve_precision(recipe.precision, device)
     # channels_last: faster convolutions on CUDA and, measured here, ~1.4× on a 2-core CPU too.
     model.to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -166,7 +169,7 @@ def fit(
     history: list[dict[str, float]] = []
     resumed_seconds = 0.0
 
-    checkpoint = _load_checkpoint(checkpoint_path, fingerprint)
+    checkpoint = load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -188,14 +191,9 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         for x, targets, labels in data.training_batches(recipe.batch_size, augmentations, generator):
-            with autocast(device, recipe.precision):
+            with autocast(device, precision):
                 loss, logits = objective(model, x, targets, data.normalize, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            train_step(loss, optimizer, scheduler, recipe.grad_clip)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
 
@@ -203,7 +201,7 @@ def fit(
             "epoch": epoch,
             "train_loss": loss_sum.item() / len(data.x_train),
             "train_acc": 100.0 * correct.item() / len(data.x_train),
-            "test_acc": evaluate(model, data, recipe.eval_batch_size, recipe.precision),
+            "test_acc": evaluate(model, data, recipe.eval_batch_size, precision),
             "seconds": time.perf_counter() - epoch_started,
         }
         history.append(row)
@@ -226,7 +224,28 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
 
-    return TrainResult(history, resumed_seconds + time.perf_counter() - started, str(device))
+    return TrainResult(history, resumed_seconds + time.perf_counter() - started, str(device), precision)
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """One epoch's batches of indices into ``n`` examples, in an order drawn from ``generator``."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    return list(order.to(device).split(batch_size))
+
+
+def train_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None = None) -> None:
+    """One step down ``loss``: backward, clip the global gradient norm, optimizer step, schedule step.
+
+    The step of ``fit`` and of every model trained inside a method (poison surrogates, the orthogonal
+    projection's linear model), whose optimizer and schedule come from a ``Recipe`` too.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:  # over what the optimizer steps: the recipe hands it all of the model
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    optimizer.step()
+    scheduler.step()
 
 
 def plain_objective(label_smoothing: float) -> Objective:
@@ -242,21 +261,29 @@ def plain_objective(label_smoothing: float) -> Objective:
 def autocast(device: torch.device, precision: str):
     """A recipe's ``precision`` on ``device``: bf16 autocast (no loss scaling needed, unlike fp16) or fp32.
 
-    "auto" is bf16 on CUDA only: the Hopper/Ampere fast path, while a CPU without bf16 units would
-    emulate it slowly; "bf16" asks for it everywhere, "fp32" nowhere.
+    "auto" is resolved from the hardware (``training.precision``): bf16 on CUDA and on CPUs with
+    native bf16, fp32 elsewhere.
     """
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-def _load_checkpoint(path: str | os.PathLike | None, fingerprint: dict[str, Any] | None) -> dict | None:
+def load_checkpoint(path: str | os.PathLike | None, fingerprint: dict[str, Any] | None) -> dict | None:
+    """The checkpoint at ``path`` if it belongs to the run ``fingerprint`` names, else None.
+
+    A killed attempt's checkpoint whose configuration (data, recipe, precision, options…) differs
+    from this run's cannot be resumed: it is deleted, with one line saying what changed, and the
+    run starts over. It is not kept aside: the rerun remakes everything it held.
+    """
     if path is None or not Path(path).exists():
         return None
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint["fingerprint"] != (fingerprint or {}):
-        raise ConfigError(
-            f"checkpoint {path} belongs to another run ({checkpoint['fingerprint']}); "
-            f"this run is {fingerprint}. Delete it to start over."
-        )
-    return checkpoint
+    stored, wanted = checkpoint["fingerprint"], fingerprint or {}
+    if stored == wanted:
+        return checkpoint
+    changed = sorted(key for key in {*stored, *wanted} if stored.get(key) != wanted.get(key))
+    logger.warning("checkpoint %s is of an earlier configuration (changed: %s); starting over", path,
+                   ", ".join(changed))
+    Path(path).unlink()
+    return None

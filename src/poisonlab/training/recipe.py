@@ -16,11 +16,10 @@ from typing import Any
 import torch
 
 from poisonlab.registry import ConfigError, Registry
+from poisonlab.training.precision import PRECISIONS
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., Callable[[int], float]]] = Registry("schedule")
-# bf16 autocast of the forward pass (training.loop.autocast says where each applies it).
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Recipe:
     label_smoothing: float = 0.0
     augment: dict[str, dict] = field(default_factory=dict)  # name → options, applied in order
     eval_batch_size: int = 256  # larger batches were slower on a 2-core CPU (cache)
-    precision: str = "auto"  # one of PRECISIONS
+    precision: str = "auto"  # one of PRECISIONS; "auto" is resolved from the hardware (training.precision)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, name: str = "recipe") -> Recipe:

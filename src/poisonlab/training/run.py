@@ -25,7 +25,8 @@ from poisonlab.atomic import torch_save, write_json
 from poisonlab.data.container import ImageDataset
 from poisonlab.defenses import Sanitizer, build_defense
 from poisonlab.models import build_model
-from poisonlab.training.loop import DeviceData, fit, pick_device
+from poisonlab.training.loop import DeviceData, fit, load_checkpoint, pick_device
+from poisonlab.training.precision import resolve_precision
 from poisonlab.training.recipe import Recipe
 
 
@@ -52,8 +53,6 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, run_id_path = run_dir / "checkpoint.pt", run_dir / "mlflow_run_id"
     weights_dir = run_dir / "epochs"
-    if not checkpoint_path.exists():
-        shutil.rmtree(weights_dir, ignore_errors=True)  # a fresh start keeps no epoch of an older run
     defense_options = dict(defense_options or {})
     defense = build_defense(spec.defense, defense_options)
     if isinstance(defense, Sanitizer):
@@ -64,14 +63,20 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     height, _, channels = dataset.image_shape
 
     torch_device = pick_device(device)
+    precision = resolve_precision(recipe.precision, torch_device)
     torch.manual_seed(spec.seed)  # model initialisation; everything after draws from fit's generator
     model = build_model(spec.arch, num_classes=dataset.num_classes, in_channels=channels,
                         image_size=height).to(torch_device)
     data = DeviceData.from_container(dataset, torch_device)
+    # The resolved precision too: a run killed on a bf16 machine is not resumed in fp32 on another.
     fingerprint = {**dataclasses.asdict(spec), "recipe_config": recipe.to_dict(), "data_sha256": data_sha256,
-                   "defense_options": defense_options}
+                   "defense_options": defense_options, "precision": precision}
+    if load_checkpoint(checkpoint_path, fingerprint) is None:
+        # A fresh start (or a stale attempt's checkpoint, deleted): no epoch or MLflow run of it is reused.
+        run_id_path.unlink(missing_ok=True)
+        shutil.rmtree(weights_dir, ignore_errors=True)
 
-    tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256,
+    tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
             "source_checksum": dataset.source_checksum, **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
     params = {**dataclasses.asdict(spec), **recipe.to_dict(), "defense_options": defense_options}
     resume_id = run_id_path.read_text().strip() if checkpoint_path.exists() and run_id_path.exists() else None
@@ -91,6 +96,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
             "history": result.history,
             "wall_seconds": result.wall_seconds,
             "device": result.device,
+            "precision": result.precision,
             "mlflow_run_id": mlflow_run.run_id,
             "git_commit": tags["git_commit"],
             "recipe_config": recipe.to_dict(),
