@@ -2,10 +2,15 @@
 # `snakemake --profile local all_tables` (or --profile slurm); other scales: --config scale=cifar10-small.
 from snakemake.utils import min_version
 
+from poisonlab.config import scale_configfile
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
+# The scale's own file (config/scales/<scale>.yaml), merged over the default by Snakemake, which
+# then merges --config and --configfile again: the command line still wins.
+configfile: scale_configfile(config)
 
 
 include: "rules/common.smk"
@@ -27,8 +32,9 @@ rule all_tables:
         get_all_tables(),
 
 
-# One target a paper: `snakemake --profile local ar-poisoning_tables` builds its tables and figures.
-for slug in PAPERS:
+# One target a grid: `snakemake --profile local ar-poisoning_tables` builds its tables and figures
+# (baselines_tables: the baselines tables the config's `tables` names).
+for slug in GRIDS:
 
     rule:
         name:

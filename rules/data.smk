@@ -3,9 +3,9 @@
 
 rule clean_dataset:
     output:
-        f"{DATA}/clean/{{dataset}}.npz",
+        PATHS.clean(),
     log:
-        f"logs/data/{DATA}/{{dataset}}.log",
+        f"logs/data/{PATHS.data}/{{dataset}}.log",
     threads: config["resources"]["data"].get("cpus", 1)
     resources:
         runtime=config["resources"]["data"]["runtime"],

@@ -6,7 +6,7 @@ rule evaluate:
     input:
         metrics=f"{RUN_DIR}/metrics.json",
         training_data=get_training_data,
-        clean_data=f"{DATA}/clean/{{dataset}}.npz",
+        clean_data=PATHS.clean(),
     output:
         f"{RUN_DIR}/{{evaluation}}.json",
     log:

@@ -5,8 +5,8 @@ rule paper_figure:
     input:
         get_figure_inputs,
     output:
-        pdf="paper/{slug}/figures/{figure}.pdf",
-        png="paper/{slug}/figures/{figure}.png",
+        pdf=f"{PATHS.figure()}.pdf",
+        png=f"{PATHS.figure()}.png",
     log:
         "logs/figures/{slug}/{figure}.log",
     params:

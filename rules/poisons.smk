@@ -4,11 +4,11 @@
 
 rule poison:
     input:
-        f"{DATA}/clean/{{dataset}}.npz",
+        PATHS.clean(),
     output:
-        POISONED,
+        PATHS.poisoned(),
     log:
-        f"logs/poisons/{DATA}/{{dataset}}/{{poison}}.log",
+        f"logs/poisons/{PATHS.data}/{{dataset}}/{{poison}}.log",
     threads: config["resources"]["poison"].get("cpus", 1)
     resources:
         gpu=lambda wildcards: poison_resources(wildcards).get("gpu", 0),

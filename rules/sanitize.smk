@@ -7,9 +7,9 @@ rule sanitize:
     input:
         get_poisoned_data,
     output:
-        SANITIZED,
+        PATHS.sanitized(),
     log:
-        f"logs/sanitize/{DATA}/{{dataset}}/{{poison}}/{{defense}}.log",
+        f"logs/sanitize/{PATHS.data}/{{dataset}}/{{poison}}/{{defense}}.log",
     threads: config["resources"]["sanitize"].get("cpus", 1)
     resources:
         gpu=config["resources"]["sanitize"]["gpu"],

@@ -145,10 +145,10 @@ def test_repro_push_delete_pull_gives_back_the_same_bytes_and_retrains_nothing(d
 
     # A dependency changed (the table script): the stage reruns, but the outputs persist, so Snakemake
     # remakes only the table; the container and the checkpoints stay untouched.
-    script = repo / "workflow/scripts/runs_table.py"
+    script = repo / "workflow/scripts/table.py"
     script.write_text(script.read_text() + "# edited\n")
     log = run(repo, dvc, "repro", env=env)
-    assert "rule baselines_table" in log and "rule train" not in log and "rule clean_dataset" not in log
+    assert "rule table" in log and "rule train" not in log and "rule clean_dataset" not in log
     after_edit = outputs(repo)
     assert all(after_edit[path] == built[path] for path in expected if not path.startswith("paper/"))
     assert "up to date" in run(repo, dvc, "status", env=env)

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from conftest import ROOT, snakemake
-from poisonlab.config import apply_scale, check_config, load_config
+from poisonlab.config import check_config, load_scaled, merge, typed
 from poisonlab.papers import (
-    add_paper_recipes, check_papers, load_papers, paper_figures, paper_tables, scale_settings,
+    add_paper_recipes, check_papers, load_grids, load_papers, paper_figures, paper_tables, scale_settings,
 )
 from poisonlab.registry import ConfigError
 from poisonlab.reporting import TABLE_COLUMNS
@@ -25,16 +25,15 @@ SLUGS = ["ar-poisoning", "learned-faster", "learn-from-unlearnable", "cuda-sharp
 
 def resolved(scale: str, **overrides) -> tuple[dict, dict]:
     """(config at ``scale``, the papers it names) as the Snakefile resolves them."""
-    config = apply_scale({**load_config(ROOT / "config" / "config.yaml"), "scale": scale}, ROOT / "config" / "scales",
-                         {"scale": scale, **overrides})
-    papers = load_papers(PAPERS_DIR, config["papers"])
+    config = typed(merge(load_scaled(ROOT / "config" / "config.yaml", scale), overrides))
+    papers = load_grids(PAPERS_DIR, config)
     config["recipes"] = add_paper_recipes(config, papers)
     return config, papers
 
 
 def test_the_default_config_builds_all_five_papers():
     config, papers = resolved("embedded")
-    assert sorted(papers) == sorted(SLUGS) == sorted(p.stem for p in PAPERS_DIR.glob("*.yaml"))
+    assert sorted(papers) == sorted(["baselines", *SLUGS]) == sorted(p.stem for p in PAPERS_DIR.glob("*.yaml"))
     for slug in SLUGS:  # each paper's README says what is reproduced and how
         assert (ROOT / "paper" / slug / "README.md").exists(), slug
 
@@ -48,9 +47,11 @@ def test_every_paper_resolves_at_every_scale_without_dropping_rows(scale):
         for table in paper_tables(slug, paper, config):
             spec = paper["tables"][table.name]
             rows = list(dict.fromkeys(cell.row for cell in table.cells))
-            # Poison and defense rows are the paper's, at every scale; only datasets and archs have stand-ins.
+            # Poison and defense rows are the paper's (and the config's), at every scale; only datasets and
+            # archs have stand-ins.
             if spec["rows"].get("axis") in ("poison", "defense"):
-                assert len(rows) == len(spec["rows"]["values"]), (slug, table.name)
+                names = [*spec["rows"]["values"], *config.get(spec["rows"].get("config"), [])]
+                assert len(rows) == len(dict.fromkeys(names)), (slug, table.name)
             settings = scale_settings(config, paper, spec)
             for cell in table.cells:
                 assert cell.run.recipe == settings["recipe"] and cell.run.seeds == tuple(settings["seeds"])
@@ -109,6 +110,13 @@ def test_the_papers_recipes_are_used_at_the_paper_scale_only():
     (lambda p: p["tables"]["t"].update(scales={"embedded": {"recipe": "slow"}}), "unknown recipe 'slow'"),
     (lambda p: p["tables"]["t"].update(scales={"embedded": {"epochs": 3}}), "unknown key(s) epochs"),
     (lambda p: p["figures"]["f"].update(figure="histogram"), "unknown figure 'histogram'"),
+    (lambda p: p["tables"]["t"].update(record="attribution"), "unknown record type 'attribution'"),
+    (lambda p: p["tables"]["t"].update(fixed={"colour": "red"}), "fixed: unknown key(s) colour"),
+    (lambda p: p["tables"]["t"]["rows"].update(config="recipe"), "config key 'recipe' is not a list of names"),
+    (lambda p: p["tables"]["t"]["rows"].update(config="poisons", groups={"ar": {"AR": "ar"}}),
+     "no group for 'ar-linf' of poisons; groups: ar"),
+    (lambda p: p["tables"]["t"]["rows"].update(groups={"ar": {"AR": "ar"}}), "'groups' go with 'config'"),
+    (lambda p: p["tables"]["t"].update(rows={"config": "poisons"}), "'config' needs an 'axis'"),
 ])
 def test_a_bad_paper_config_names_the_table_and_the_field(change, message):
     config, _ = resolved("embedded", papers=[])
@@ -120,6 +128,61 @@ def test_a_bad_paper_config_names_the_table_and_the_field(change, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         check_papers({"mine": paper}, config, FIGURES.names())
     assert "papers/mine" in str(error.value)
+
+
+def test_axes_take_their_names_from_the_config_in_its_order():
+    config, _ = resolved("embedded", papers=[], poisons=["cuda", "ar"], evaluations=["linsep", "peak"],
+                         tables=["poisons", "evaluations"])
+    grids = load_grids(PAPERS_DIR, config)
+    assert list(grids) == ["baselines"] and list(grids["baselines"]["tables"]) == ["poisons", "evaluations"]
+    poisons, evaluations = paper_tables("baselines", grids["baselines"], config)
+    assert [(c.row, c.column, c.metric, c.run.arch) for c in poisons.cells] == [
+        (row, column, metric, "smallcnn") for row in ("clean", "cuda", "ar")
+        for column, metric in (("final", "final_test_acc"), ("peak", "peak_test_acc"))]
+    # One group of columns a configured evaluation, in the config's order; each reads its evaluation's json.
+    clean = [c for c in evaluations.cells if c.row == "clean"]
+    assert [(c.column, c.file) for c in clean] == [
+        ("linear separability", "linsep"), ("peak epoch", "peak"), ("epochs to loss threshold", "peak")]
+    with pytest.raises(ConfigError, match=r"tables: unknown table 'poison'; config/papers/baselines.yaml has: "):
+        load_grids(PAPERS_DIR, {**config, "tables": ["poison"]})
+    with pytest.raises(ConfigError, match="papers: 'baselines' is not a paper; its tables are chosen with `tables`"):
+        load_grids(PAPERS_DIR, {**config, "papers": ["baselines"]})
+
+
+def test_a_paper_registers_a_record_type_of_its_own_with_its_path_and_axes(monkeypatch):
+    """A record that is not a run (an attribution method's support): its pattern, axes and checks, no rule edited."""
+    from poisonlab.paths import Paths
+    from poisonlab.records import RECORDS, RecordType
+
+    def check(config, run):
+        if run.method not in ("ssl-knn", "trak"):
+            raise ConfigError(f"unknown method '{run.method}'")
+
+    def check_file(file):
+        raise ConfigError(f"support has no file '{file}'")
+
+    support = RecordType(pattern="{results}/attribution/{dataset}/{method}/{recipe}/seed{seed}/{file}.json",
+                         axes=("dataset", "method", "removed"), defaults={"removed": "0"},
+                         stand_ins={"dataset": "datasets"}, default_file="support", metrics=("drop",),
+                         check=check, check_file=check_file)
+    monkeypatch.setitem(RECORDS._entries, "support", support)
+    config, _ = resolved("embedded", papers=[], seeds=[0, 1])
+    paper = {"tables": {"t": {"record": "support", "metric": "drop", "fixed": {"dataset": "cifar10"},
+                              "rows": {"axis": "method", "values": {"SSL k-NN": "ssl-knn", "TRAK": "trak"}},
+                              "columns": {"axis": "removed", "values": ["10", "100"]}}}}
+    check_papers({"mine": paper}, config, FIGURES.names())
+    [table] = paper_tables("mine", paper, config)
+    cell = table.cells[-1]
+    assert (cell.row, cell.column, cell.run.dataset, cell.run.method) == ("TRAK", "100", "mnist5k", "trak")
+    assert cell.run.files(Paths("data", "results"), cell.file) == [
+        f"results/attribution/mnist5k/trak/embedded/seed{seed}/support.json" for seed in (0, 1)]
+    paper["tables"]["t"]["rows"]["values"]["Datamodels"] = "datamodels"
+    with pytest.raises(ConfigError, match="papers/mine: table t: unknown method 'datamodels'"):
+        check_papers({"mine": paper}, config, FIGURES.names())
+    paper["tables"]["t"]["metric"] = "dfr:final.test_acc_after"
+    with pytest.raises(ConfigError, match="unknown axis 'poison'; allowed: dataset, method, removed, metric"):
+        paper["tables"]["t"]["rows"] = {"axis": "poison", "values": ["clean"]}
+        check_papers({"mine": paper}, config, FIGURES.names())
 
 
 def test_unknown_papers_and_clashing_recipes_are_rejected():
@@ -210,4 +273,4 @@ def test_dvc_caches_exactly_the_folders_the_default_papers_write():
     outs = {next(iter(out)) for out in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["all_tables"]["outs"]}
     written = {f"paper/{slug}/{kind}" for slug, paper in papers.items()
                for kind in ("tables", "figures") if paper.get(kind)}
-    assert {out for out in outs if out.startswith("paper/") and out != "paper/baselines/tables"} == written
+    assert {out for out in outs if out.startswith("paper/")} == written

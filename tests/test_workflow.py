@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, snakemake
-from poisonlab.config import apply_scale, check_config, load_config
+from poisonlab.config import check_config, load_config, load_scaled
 from poisonlab.data import DATASETS
 from poisonlab.defenses import NUMBERED, defense_names
 from poisonlab.evaluation import EVALUATIONS
@@ -41,7 +41,7 @@ def test_schema_enums_are_the_registries():
 @pytest.mark.parametrize("scale", ["embedded", "cifar10-small", "paper"])
 def test_every_scale_resolves_validates_and_names_known_things(scale):
     config = load_config(ROOT / "config" / "config.yaml")
-    resolved = apply_scale({**config, "scale": scale}, ROOT / "config" / "scales", {"scale": scale})
+    resolved = load_scaled(ROOT / "config" / "config.yaml", scale)
     jsonschema.validate(resolved, SCHEMA)
     check_config(resolved)
     assert resolved["scale"] == scale
@@ -59,7 +59,8 @@ def test_snakefiles_are_formatted():
 @pytest.mark.parametrize("override,message", [
     ("archs=[resnet50]", "config: archs.0: 'resnet50' is not one of ['densenet121'"),
     ("recipe=fast", "config: unknown recipe 'fast'; the config defines: cuda-sharpening, embedded, lfu-dfr"),
-    ("scale=huge", "config: scale: unknown scale 'huge'; known scales: embedded, cifar10-small, paper"),
+    ("scale=huge", "scale: unknown scale 'huge'; known scales: cifar10-small, embedded, paper"),
+    ("tables=[baseline]", "config: tables: unknown table 'baseline'; config/papers/baselines.yaml has: baselines,"),
     ("device=tpu", "config: device: 'tpu' does not match"),
     ("defenses=[none,jpeg-0]", "config: defense 'jpeg-0': quality must be"),
 ])
@@ -72,7 +73,7 @@ def test_bad_config_stops_before_any_job(scratch_repo, workflow_env, override, m
 
 
 def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workflow_env):
-    from poisonlab.papers import add_paper_recipes, load_papers, paper_figures, paper_tables
+    from poisonlab.papers import add_paper_recipes, load_grids, paper_figures, paper_tables
 
     embedded = snakemake(scratch_repo, "--profile", "slurm", "all_tables", "-n", env=workflow_env)
     assert "rule train:" in embedded.stdout
@@ -80,9 +81,8 @@ def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workfl
                       env=workflow_env)
     train_jobs = paper.stdout.split("rule train:")[1:]
     # Every run the baselines, the poisons table and the five papers need, each once (shared cells too).
-    config = load_config(ROOT / "config" / "config.yaml")
-    config = apply_scale({**config, "scale": "paper"}, ROOT / "config" / "scales", {"scale": "paper"})
-    papers = load_papers(ROOT / "config" / "papers", config["papers"])
+    config = load_scaled(ROOT / "config" / "config.yaml", "paper")
+    papers = load_grids(ROOT / "config" / "papers", config)
     config["recipes"] = add_paper_recipes(config, papers)
     wanted = {("cifar10", "clean", "none", arch, config["recipe"]) for arch in config["archs"]}
     wanted |= {("cifar10", poison, "none", config["archs"][0], config["recipe"]) for poison in config["poisons"]}
@@ -94,7 +94,7 @@ def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workfl
                         r"seed=(\d+)", job).groups() for job in train_jobs]
     assert sorted(listed) == sorted((*run, str(seed)) for run in wanted for seed in config["seeds"])
     assert {"resnet-100ep", "lfu-dfr", "lfu-ortho", "cuda-sharpening"} <= {job[4] for job in listed}
-    assert len(paper.stdout.split("rule paper_table:")) - 1 == sum(len(p["tables"]) for p in papers.values())
+    assert len(paper.stdout.split("rule table:")) - 1 == sum(len(p["tables"]) for p in papers.values())
     poison_jobs = paper.stdout.split("rule poison:")[1:]
     surrogate_jobs = [job for job in poison_jobs if any(f"/{name}.npz" in job.split("\n[")[0]
                                                         for name in ("em", "em-class", "tap", "tap-untargeted", "rem"))]

@@ -1,7 +1,10 @@
 """``poisonlab`` command line: build a dataset container, train one run, launch a sweep.
 
 The Snakemake DAG calls the same library functions; this is for one-off runs
-and for the main job before (or outside) the DAG.
+and for the main job before (or outside) the DAG. Every command reads the
+config as the DAG does (``--scale``'s file merged over ``--config``), so its
+files land where the DAG's would: ``paths``, the run's recipe, defense options
+and kept weights all as the train rule has them.
 """
 
 from __future__ import annotations
@@ -10,48 +13,52 @@ import argparse
 import json
 import sys
 
-from poisonlab.config import get_dataset_options, get_recipe, load_config
+from poisonlab.config import get_dataset_options, load_scaled
+from poisonlab.paths import Paths
 from poisonlab.registry import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="poisonlab", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/config.yaml", help="config file (default: %(default)s)")
+    parser.add_argument("--scale", help="merge config/scales/SCALE.yaml over the config (default: its `scale`)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data = commands.add_parser("data", help="build data/clean/{dataset}.npz")
-    data.add_argument("--dataset", default="mnist5k")
-    data.add_argument("--out", help="default: data/clean/{dataset}.npz")
+    data = commands.add_parser("data", help="build the clean container, {paths.data}/clean/{dataset}.npz")
+    data.add_argument("--dataset", help="default: the config's dataset")
+    data.add_argument("--out", help="default: {paths.data}/clean/{dataset}.npz")
 
-    train = commands.add_parser("train", help="train one run and write its metrics.json")
-    train.add_argument("--dataset", default="mnist5k")
+    train = commands.add_parser("train", help="train one run and write its metrics.json, as the train rule does")
+    train.add_argument("--dataset", help="default: the config's dataset")
     train.add_argument("--poison", default="clean")
     train.add_argument("--defense", default="none")
-    train.add_argument("--arch", default="smallcnn")
-    train.add_argument("--recipe", default="embedded")
+    train.add_argument("--arch", help="default: the config's first arch")
+    train.add_argument("--recipe", help="default: the config's recipe")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--data", help="training container (default: data/clean/{dataset}.npz)")
-    train.add_argument("--run-dir", help="default: results/runs/{dataset}/{poison}/{defense}/{arch}/{recipe}/seed{seed}")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--data", help="training container (default: the train rule's: the clean, poisoned or "
+                                      "sanitized container under paths.data)")
+    train.add_argument("--run-dir", help="default: {paths.results}/runs/{dataset}/{poison}/{defense}/{arch}/"
+                                         "{recipe}/seed{seed}")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's device)")
     train.add_argument("--no-progress", action="store_true")
 
     launch = commands.add_parser("launch", help="submit train runs (archs x seeds) to Slurm, local or debug "
                                                 "executors through submitit")
-    # SUPPRESS: when absent here, the --config given before `launch` (or its default) stands.
+    # SUPPRESS: when absent here, the --config (--scale) given before `launch` (or its default) stands.
     launch.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: config/config.yaml)")
+    launch.add_argument("--scale", default=argparse.SUPPRESS, help="merge config/scales/SCALE.yaml over the config")
     launch.add_argument("--executor", default="slurm", help="slurm, local or debug (default: %(default)s)")
     launch.add_argument("--arch", action="append", help="repeatable (default: the config's archs)")
     launch.add_argument("--seed", type=int, action="append", help="repeatable (default: the config's seeds)")
     launch.add_argument("--dataset", help="default: the config's dataset")
     launch.add_argument("--recipe", help="default: the config's recipe")
-    launch.add_argument("--scale", help="merge config/scales/SCALE.yaml over the config")
     launch.add_argument("--partition", help="Slurm partition")
     launch.add_argument("--account", help="Slurm account")
     launch.add_argument("--wait", action="store_true", help="wait and print each run's final_test_acc")
 
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_scaled(args.config, args.scale)
         if args.command == "data":
             return _data(config, args)
         if args.command == "launch":
@@ -67,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 def _data(config: dict, args: argparse.Namespace) -> int:
     from poisonlab.data import build_dataset
 
-    options, subset = get_dataset_options(config, args.dataset)
-    out = args.out or f"data/clean/{args.dataset}.npz"
-    dataset = build_dataset(args.dataset, options=options, subset=subset)
+    name = args.dataset or config["dataset"]
+    options, subset = get_dataset_options(config, name)
+    out = args.out or Paths.from_config(config).clean(name)
+    dataset = build_dataset(name, options=options, subset=subset)
     dataset.save(out)
     print(f"{out}: {len(dataset.x_train)} train / {len(dataset.x_test)} test, {dataset.image_shape}, "
           f"{dataset.num_classes} classes")
@@ -77,13 +85,13 @@ def _data(config: dict, args: argparse.Namespace) -> int:
 
 
 def _train(config: dict, args: argparse.Namespace) -> int:
+    from poisonlab.launch import train_arguments
     from poisonlab.training.run import RunSpec, train_run
 
-    spec = RunSpec(dataset=args.dataset, arch=args.arch, recipe=args.recipe, seed=args.seed,
-                   poison=args.poison, defense=args.defense)
-    recipe = get_recipe(config, args.recipe)
-    record = train_run(spec, recipe, args.data or f"data/clean/{args.dataset}.npz",
-                       args.run_dir or f"results/runs/{spec.name}", device=args.device,
+    spec = RunSpec(dataset=args.dataset or config["dataset"], arch=args.arch or config["archs"][0],
+                   recipe=args.recipe or config["recipe"], seed=args.seed, poison=args.poison, defense=args.defense)
+    arguments = train_arguments(config, spec, data_path=args.data, run_dir=args.run_dir)
+    record = train_run(**arguments, device=args.device or config.get("device", "auto"),
                        progress=not args.no_progress)
     summary = {k: record[k] for k in ("final_test_acc", "peak_test_acc", "peak_epoch", "wall_seconds")}
     print(json.dumps({"run": spec.name, **summary}))

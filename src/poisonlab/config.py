@@ -1,10 +1,13 @@
-"""Reading the project's config: scales merged over the default, names checked before any job.
+"""Reading the project's config: a scale over the default, names checked before any job.
 
 ``config/config.yaml`` is the embedded default; ``config/scales/<scale>.yaml``
-holds what another scale changes and is merged over it, then the command
-line's own values are merged again so they still win. ``check_config`` runs
-the checks a JSON schema cannot: names against the registries, recipes
-against the trainer, dataset options against each loader's signature.
+holds what a scale changes. The Snakefile names the scale's file as a second
+``configfile:``, so Snakemake merges it over the default and then the command
+line's ``--config``/``--configfile`` again, which still win; ``load_scaled``
+does the same merge (Snakemake's own) for the ``poisonlab`` commands.
+``check_config`` runs the checks a JSON schema cannot: names against the
+registries, recipes against the trainer, dataset options against each
+loader's signature.
 """
 
 from __future__ import annotations
@@ -28,25 +31,44 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, anything else (lists included) is replaced."""
+    """Deep merge, Snakemake's own (as its ``--config`` over a configfile): mappings key by key, lists replaced."""
+    from snakemake.utils import update_config
+
     merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
+    update_config(merged, copy.deepcopy(update))
     return merged
 
 
-def known_scales(scales_dir: str | os.PathLike) -> list[str]:
-    return ["embedded", *sorted(p.stem for p in Path(scales_dir).glob("*.yaml"))]
+def scale_configfile(config: dict[str, Any], config_dir: str | os.PathLike = "config") -> str:
+    """``config/scales/<scale>.yaml`` of ``config['scale']``: the Snakefile's second configfile."""
+    scales_dir = Path(config_dir) / "scales"
+    known = sorted(path.stem for path in scales_dir.glob("*.yaml"))
+    scale = config.get("scale", "embedded")
+    if scale not in known:
+        raise ConfigError(f"scale: unknown scale '{scale}'; known scales: {', '.join(known)}")
+    return str(scales_dir / f"{scale}.yaml")
+
+
+def load_scaled(path: str | os.PathLike, scale: str | None = None) -> dict[str, Any]:
+    """The config file at ``path`` with its scale's file (or ``scale``'s) merged over it, as the Snakefile does.
+
+    The scales are the folder ``scales/`` beside the file; a file with none beside it (a config written
+    out whole, as a test or a sweep keeps one) is taken as it is unless ``scale`` asks for one.
+    """
+    config = load_config(path)
+    if scale is None and not (Path(path).parent / "scales").is_dir():
+        return config
+    if scale is not None:
+        config["scale"] = scale
+    return merge(config, load_config(scale_configfile(config, Path(path).parent)))
 
 
 def typed(value: Any) -> Any:
     """Numbers inside lists and mappings of ``--config`` values as numbers.
 
     Snakemake parses ``--config seeds=[0,1]`` with YAML's BaseLoader, which keeps every nested
-    scalar a string ('0', '1'); the schema then rightly refuses them.
+    scalar a string ('0', '1'); the schema then rightly refuses them. Applied to the whole merged
+    config, since the command line's values are no longer told apart from the files' there.
     """
     if isinstance(value, dict):
         return {key: typed(item) for key, item in value.items()}
@@ -59,19 +81,6 @@ def typed(value: Any) -> Any:
             except ValueError:
                 pass
     return value
-
-
-def apply_scale(config: dict[str, Any], scales_dir: str | os.PathLike,
-                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The default config with ``config['scale']``'s file merged over it, then ``overrides`` again."""
-    overrides = typed(overrides or {})
-    scale = config.get("scale", "embedded")
-    if scale == "embedded":
-        return merge(config, overrides)
-    path = Path(scales_dir) / f"{scale}.yaml"
-    if not path.exists():
-        raise ConfigError(f"scale: unknown scale '{scale}'; known scales: {', '.join(known_scales(scales_dir))}")
-    return merge(merge(config, load_config(path)), overrides)
 
 
 def get_recipe(config: dict[str, Any], name: str) -> Recipe:

@@ -2,13 +2,15 @@
 
 ``poisonlab launch`` (or ``python -m poisonlab.launch``) submits one job per
 (arch, seed) to Slurm, to local subprocesses or into this process (debug). Each
-job calls ``train_run`` as the Snakemake train rule does and writes the same run
-folder (metrics.json, model.pt, an MLflow run), so the tables read it like the DAG's.
+job calls ``train_run`` with the train rule's arguments (``train_arguments``: the
+configured paths, recipe, defense options and kept weights) and writes the same
+run folder (metrics.json, model.pt, an MLflow run), so the tables read it like the DAG's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +21,8 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from poisonlab import tracking
-from poisonlab.config import apply_scale, get_recipe
+from poisonlab.config import get_defense_options, get_recipe
+from poisonlab.paths import Paths, training_data
 from poisonlab.registry import ConfigError, Registry
 from poisonlab.training.run import RunSpec, train_run
 
@@ -46,6 +49,34 @@ def slurm_parameters(resources: dict[str, Any], slurm: dict[str, Any] | None = N
     return parameters | {f"slurm_{key}": value for key, value in (slurm or {}).items() if value is not None}
 
 
+def train_arguments(config: dict[str, Any], spec: RunSpec, *, data_path: str | Path | None = None,
+                    run_dir: str | Path | None = None) -> dict[str, Any]:
+    """``train_run``'s arguments for ``spec`` as the train rule gives them, its training data checked.
+
+    ``data_path`` and ``run_dir`` default to the rule's: the container the run trains on (clean,
+    poisoned or sanitized) and the run's folder, under the configured paths.
+    """
+    from poisonlab.data import DATASETS
+    from poisonlab.models import MODELS
+    from poisonlab.poisons import POISONS
+
+    DATASETS.get(spec.dataset)
+    MODELS.get(spec.arch)
+    POISONS.get(spec.poison)
+    recipe = get_recipe(config, spec.recipe)
+    defense_options = get_defense_options(config, spec.defense, spec.dataset)
+    data_path = Path(data_path or training_data(config, spec.dataset, spec.poison, spec.defense))
+    if not data_path.exists():
+        scale = config.get("scale", "embedded")
+        raise ConfigError(f"training data {data_path} does not exist; build it with `snakemake --profile local "
+                          f"{data_path} --config scale={scale}`" + (f" or `poisonlab data --dataset {spec.dataset} "
+                                                                   f"--out {data_path}`" if scale == "embedded" and
+                                                                   data_path.parent.name == "clean" else ""))
+    return {"spec": spec, "recipe": recipe, "data_path": data_path,
+            "run_dir": Path(run_dir or Paths.from_config(config).run_dir(**dataclasses.asdict(spec))),
+            "defense_options": defense_options, "keep_weights_every": config.get("keep_weights_every", 1)}
+
+
 def launch_sweep(config: dict[str, Any], *, archs: Sequence[str], seeds: Sequence[int], dataset: str | None = None,
                  poison: str = "clean", defense: str = "none", recipe: str | None = None, executor: str = "slurm",
                  folder: str | Path = "logs/submitit", slurm: dict[str, Any] | None = None,
@@ -55,27 +86,12 @@ def launch_sweep(config: dict[str, Any], *, archs: Sequence[str], seeds: Sequenc
     Every name and the training container are checked before anything is submitted; the
     debug executor's jobs run only when their ``result()`` is asked for.
     """
-    from poisonlab.data import DATASETS
-    from poisonlab.models import MODELS
-
     make_executor = EXECUTORS.get(executor)
-    for arch in archs:
-        MODELS.get(arch)
     dataset = dataset or config["dataset"]
-    DATASETS.get(dataset)
-    recipe_name = recipe or config["recipe"]
-    resolved_recipe = get_recipe(config, recipe_name)
-    data_path = Path(config["paths"]["data"]) / "clean" / f"{dataset}.npz"
-    if not data_path.exists():
-        scale = config.get("scale", "embedded")
-        raise ConfigError(f"training data {data_path} does not exist; build it with `snakemake --profile local "
-                          f"{data_path} --config scale={scale}`" + (f" or `poisonlab data --dataset {dataset} --out "
-                                                                   f"{data_path}`" if scale == "embedded" else ""))
-
-    runs = Path(config["paths"]["results"]) / "runs"
-    specs = dict.fromkeys(RunSpec(dataset=dataset, arch=arch, recipe=recipe_name, seed=seed, poison=poison,
-                                  defense=defense) for arch in archs for seed in seeds)  # no duplicate jobs
-    pending = {spec: runs / spec.name for spec in specs if not (runs / spec.name / "metrics.json").exists()}
+    specs = dict.fromkeys(RunSpec(dataset=dataset, arch=arch, recipe=recipe or config["recipe"], seed=seed,
+                                  poison=poison, defense=defense) for arch in archs for seed in seeds)  # no duplicates
+    arguments = [train_arguments(config, spec) for spec in specs]  # every name checked before any job
+    pending = [kwargs for kwargs in arguments if not (kwargs["run_dir"] / "metrics.json").exists()]
     if not pending:
         return []
     try:
@@ -87,17 +103,12 @@ def launch_sweep(config: dict[str, Any], *, archs: Sequence[str], seeds: Sequenc
     # Parallel jobs would race to create the sqlite store and the experiment (as in the DAG's onstart).
     tracking.init_store([tracking.experiment_name(dataset)])
     with jobs_executor.batch():
-        jobs = [jobs_executor.submit(train_run, spec, resolved_recipe, data_path, run_dir=run_dir, device=device,
-                                     progress=False)
-                for spec, run_dir in pending.items()]
+        jobs = [jobs_executor.submit(train_run, **kwargs, device=device, progress=False) for kwargs in pending]
     return jobs
 
 
 def launch_command(config: dict[str, Any], args: argparse.Namespace) -> int:
     """``poisonlab launch``: one line per submitted job; with --wait, each run's final test accuracy."""
-    if args.scale:
-        config = {**config, "scale": args.scale}
-    config = apply_scale(config, Path(args.config).parent / "scales")
     archs, seeds = args.arch or config["archs"], args.seed or config["seeds"]
     jobs = launch_sweep(config, archs=archs, seeds=seeds, dataset=args.dataset, recipe=args.recipe,
                         executor=args.executor, device=config.get("device", "auto"),

@@ -1,6 +1,7 @@
-"""The papers' tables and figures as grids of runs, resolved at the scale being run.
+"""The tables and figures of poisonlab and of each paper, as grids of records resolved at the scale being run.
 
-``config/papers/<slug>.yaml`` describes one paper::
+``config/papers/<slug>.yaml`` describes one grid spec (``baselines`` is
+poisonlab's own: its tables are the ones ``tables`` names)::
 
     title: Autoregressive Perturbations for Data Poisoning (NeurIPS 2022)
     recipes: {ar-poisoning: {...}}         # the paper's training recipe(s), added to the config's
@@ -9,18 +10,24 @@
     tables:
       table1:                               # → paper/<slug>/tables/table1.{csv,md,tex}
         title: CIFAR-10 test accuracy of ResNet-18 on each poison, by augmentation
-        metric: final_test_acc              # a metrics.json key, or "<evaluation>:<key>" ("dfr:final.test_acc_after")
+        record: run                         # optional: the record type (poisonlab.records); run is the default
+        metric: final_test_acc              # a key of the record's file, or "<file>:<key>" ("dfr:final.test_acc_after")
         rows: {axis: poison, values: {Clean: clean, AR (ours): ar}}
         columns: {axis: defense, values: {None: none, Cutout: cutout}}
         fixed: {dataset: cifar10}           # optional: fields every cell shares
         scales: {embedded: {recipe: ...}}   # optional: this table's own per-scale settings
     figures:
-      accuracy: {figure: accuracy-over-epochs, file: metrics.json, runs: {axis: poison, values: [clean, ar]}}
+      accuracy: {figure: accuracy-over-epochs, file: metrics, runs: {axis: poison, values: [clean, ar]}}
       examples: {figure: sharpening-examples, poisoned: cuda, options: {images_per_row: 8}}
 
-An axis is ``{axis: <field>, values: [names] | {label: name}}`` with field one of
-dataset, arch, poison, defense, metric, or ``{values: {label: {field: name, ...}}}``
-when one label sets several fields (cuda-sharpening's "CUDA Data with AT").
+An axis is ``{axis: <field>, values: [names] | {label: name}}`` with field one
+of the record type's axes (a run's: dataset, arch, poison, defense) or
+metric, or ``{values: {label: {field: name, ...}}}`` when one label sets
+several fields (cuda-sharpening's "CUDA Data with AT"). ``config: <key>``
+appends the names a config list holds (``{axis: poison, values: [clean],
+config: poisons}``: clean, then every configured poison), each its own label,
+or with ``groups: {name: {label: value}}`` the group of each name
+(the evaluations table: the columns of each configured evaluation).
 
 Scales: a cell's dataset or arch that the scale does not run (the paper's
 CIFAR-100 at the embedded scale, its VGG-16 where only ``smallcnn`` trains) is
@@ -39,27 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.config import load_config, merge
+from poisonlab.paths import Paths
+from poisonlab.records import RECORDS, RecordType, Run
 from poisonlab.registry import ConfigError
 
-RUN_FIELDS = ("dataset", "arch", "poison", "defense")
-AXES = (*RUN_FIELDS, "metric")
-# The metrics.json numbers a table can show; an evaluation's numbers are "<evaluation>:<key>".
-RUN_METRICS = ("final_test_acc", "peak_test_acc", "peak_epoch", "wall_seconds")
+BASELINES = "baselines"  # poisonlab's own grid spec: the config's `tables` picks which of its tables are built
 PAPER_KEYS = {"title", "recipes", "scales", "tables", "figures"}
 SCALE_KEYS = {"datasets", "archs", "recipe", "seeds"}
-TABLE_KEYS = {"title", "metric", "rows", "columns", "fixed", "scales"}
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of a cell (every seed of it), by the names of its path."""
-
-    dataset: str
-    arch: str
-    poison: str
-    defense: str
-    recipe: str
-    seeds: tuple[int, ...]
+TABLE_KEYS = {"title", "record", "metric", "rows", "columns", "fixed", "scales"}
+AXIS_KEYS = {"axis", "values", "config", "groups"}
 
 
 @dataclass(frozen=True)
@@ -67,13 +62,12 @@ class PaperCell:
     row: str
     column: str
     run: Run
-    metric: str  # a metrics.json key or "<evaluation>:<key>"
+    metric: str  # a key of the record's file or "<file>:<key>"
 
     @property
     def file(self) -> str:
-        """The file of each run the metric is read from."""
-        evaluation, _, _ = self.metric.rpartition(":")
-        return f"{evaluation}.json" if evaluation else "metrics.json"
+        """The file of each seed's record the metric is read from."""
+        return RECORDS.get(self.run.record).file(self.metric)
 
 
 @dataclass(frozen=True)
@@ -95,21 +89,38 @@ class PaperFigure:
 
 def load_papers(papers_dir: str | os.PathLike, slugs: list[str]) -> dict[str, dict[str, Any]]:
     """``{slug: config/papers/<slug>.yaml}`` for each slug asked for, its keys checked."""
-    papers_dir = Path(papers_dir)
-    known = sorted(path.stem for path in papers_dir.glob("*.yaml"))
-    papers = {}
+    known = sorted(path.stem for path in Path(papers_dir).glob("*.yaml") if path.stem != BASELINES)
     for slug in slugs:
+        if slug == BASELINES:
+            raise ConfigError(f"papers: '{BASELINES}' is not a paper; its tables are chosen with `tables`")
         if slug not in known:
             raise ConfigError(f"papers: unknown paper '{slug}'; known papers: {', '.join(known)}")
-        paper = load_config(papers_dir / f"{slug}.yaml")
-        _check_keys(f"papers/{slug}", paper, PAPER_KEYS)
-        for name, table in paper.get("tables", {}).items():
-            _check_keys(f"papers/{slug}: table {name}", table, TABLE_KEYS)
-            for key in ("metric", "rows", "columns"):
-                if key not in table:
-                    raise ConfigError(f"papers/{slug}: table {name} has no '{key}'")
-        papers[slug] = paper
-    return papers
+    return {slug: _load_spec(papers_dir, slug) for slug in slugs}
+
+
+def load_grids(papers_dir: str | os.PathLike, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The grid specs all_tables builds: baselines with the tables ``tables`` names, then each of ``papers``."""
+    grids = {}
+    if config.get("tables"):
+        baselines = _load_spec(papers_dir, BASELINES)
+        known = baselines.get("tables", {})
+        for name in config["tables"]:
+            if name not in known:
+                raise ConfigError(f"tables: unknown table '{name}'; config/papers/{BASELINES}.yaml has: "
+                                  f"{', '.join(known)}")
+        grids[BASELINES] = {**baselines, "tables": {name: known[name] for name in config["tables"]}}
+    return {**grids, **load_papers(papers_dir, config.get("papers", []))}
+
+
+def _load_spec(papers_dir: str | os.PathLike, slug: str) -> dict[str, Any]:
+    spec = load_config(Path(papers_dir) / f"{slug}.yaml")
+    _check_keys(f"papers/{slug}", spec, PAPER_KEYS)
+    for name, table in spec.get("tables", {}).items():
+        _check_keys(f"papers/{slug}: table {name}", table, TABLE_KEYS)
+        for key in ("metric", "rows", "columns"):
+            if key not in table:
+                raise ConfigError(f"papers/{slug}: table {name} has no '{key}'")
+    return spec
 
 
 def add_paper_recipes(config: dict[str, Any], papers: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -143,25 +154,26 @@ def paper_tables(slug: str, paper: dict[str, Any], config: dict[str, Any]) -> li
 
 def paper_figures(slug: str, paper: dict[str, Any], config: dict[str, Any]) -> list[PaperFigure]:
     figures = []
+    record = RECORDS.get("run")  # the figures draw runs: their json files or their containers
     for name, spec in paper.get("figures", {}).items():
         where = f"papers/{slug}: figure {name}"
         _check_keys(where, spec, {"figure", "runs", "file", "poisoned", "options", "scales"})
         settings = scale_settings(config, paper, spec, where)
-        base = {"poison": "clean", "defense": "none"}
         runs = None
         if "runs" in spec:
-            runs = {label: _run({**base, **fields}, settings)
-                    for label, fields in _distinct(_axis(spec["runs"], where), base, settings)}
-        data = _run({**base, "poison": spec["poisoned"]}, settings) if "poisoned" in spec else None
+            runs = {label: record.run("run", fields, settings)
+                    for label, fields in _distinct(_axis(spec["runs"], where, record, config), {}, record,
+                                                   settings)}
+        data = record.run("run", {"poison": spec["poisoned"]}, settings) if "poisoned" in spec else None
         if (runs is None) == (data is None):
             raise ConfigError(f"{where}: give either 'runs' (a figure of runs) or 'poisoned' (of images)")
-        figures.append(PaperFigure(name, spec.get("figure", name), runs, spec.get("file", "metrics.json"),
+        figures.append(PaperFigure(name, spec.get("figure", name), runs, spec.get("file", record.default_file),
                                    data, dict(spec.get("options", {}))))
     return figures
 
 
 def load_reported(path: str | os.PathLike) -> dict[tuple[str, str, str], float]:
-    """``paper/<slug>/reported.csv`` → {(table, row, column): number}; no file, no numbers."""
+    """``paper/{slug}/reported.csv`` → {(table, row, column): number}; no file, no numbers."""
     if not Path(path).exists():
         return {}
     with open(path, newline="") as f:
@@ -170,14 +182,7 @@ def load_reported(path: str | os.PathLike) -> dict[tuple[str, str, str], float]:
 
 
 def check_papers(papers: dict[str, dict[str, Any]], config: dict[str, Any], figure_names: list[str]) -> None:
-    """Every name a paper's grids use, at this scale, against the registries and the config."""
-    from poisonlab.config import get_defense_options
-    from poisonlab.data import DATASETS
-    from poisonlab.defenses import build_defense
-    from poisonlab.evaluation import EVALUATIONS
-    from poisonlab.models import MODELS
-    from poisonlab.poisons import POISONS
-
+    """Every name a grid uses, at this scale, against its record type, the registries and the config."""
     for slug, paper in papers.items():
         runs = [(f"papers/{slug}: table {table.name}", cell.run, cell.metric)
                 for table in paper_tables(slug, paper, config) for cell in table.cells]
@@ -187,25 +192,30 @@ def check_papers(papers: dict[str, dict[str, Any]], config: dict[str, Any], figu
                 raise ConfigError(f"{where}: unknown figure '{figure.figure}'; known: {', '.join(figure_names)}")
             runs += [(where, run, None) for run in [*(figure.runs or {}).values(), figure.data] if run]
         for where, run, metric in runs:
-            for registry, name in ((DATASETS, run.dataset), (MODELS, run.arch), (POISONS, run.poison)):
-                _known(where, registry, name)
-            if run.dataset not in config["datasets"]:
-                raise ConfigError(f"{where}: dataset '{run.dataset}' has no entry under datasets at scale "
-                                  f"{config['scale']} (defined: {', '.join(sorted(config['datasets']))})")
-            if run.recipe not in config["recipes"]:
-                raise ConfigError(f"{where}: unknown recipe '{run.recipe}'; the config defines: "
-                                  f"{', '.join(sorted(config['recipes']))}")
+            record = RECORDS.get(run.record)
             try:
-                build_defense(run.defense, get_defense_options(config, run.defense, run.dataset))
+                record.check(config, run)
+                if metric is not None:
+                    record.check_metric(metric)
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from None
-            if metric is not None:
-                evaluation, _, key = metric.rpartition(":")
-                if evaluation:
-                    _known(where, EVALUATIONS, evaluation)
-                elif key not in RUN_METRICS:
-                    raise ConfigError(f"{where}: unknown metric '{metric}'; a metrics.json key "
-                                      f"({', '.join(RUN_METRICS)}) or '<evaluation>:<key>'")
+
+
+# ---------------------------------------------------------------- a table's records and cells, for its rule
+
+
+def table_files(table: PaperTable, paths: Paths) -> list[str]:
+    """Every file the table reads, once."""
+    return list(dict.fromkeys(path for cell in table.cells for path in cell.run.files(paths, cell.file)))
+
+
+def table_cells(table: PaperTable, paths: Paths, scale: str,
+                reported: dict[tuple[str, str, str], float]) -> list[dict[str, Any]]:
+    """The cells as the table script takes them: the fields of poisonlab.reporting.Cell."""
+    return [{"table": table.name, "row": cell.row, "column": cell.column, "dataset": cell.run.dataset,
+             "scale": scale, "metric": cell.metric, "runs": cell.run.files(paths, cell.file),
+             "reported": reported.get((table.name, cell.row, cell.column))}
+            for cell in table.cells]
 
 
 # ---------------------------------------------------------------- grids
@@ -214,58 +224,75 @@ def check_papers(papers: dict[str, dict[str, Any]], config: dict[str, Any], figu
 def _table_cells(where: str, table: dict[str, Any], paper: dict[str, Any], config: dict[str, Any]
                  ) -> list[PaperCell]:
     settings = scale_settings(config, paper, table, where)
-    base = {"poison": "clean", "defense": "none", "metric": table["metric"], **table.get("fixed", {})}
-    rows = _distinct(_axis(table["rows"], where), base, settings)
-    columns = _distinct(_axis(table["columns"], where), base, settings)
+    name = table.get("record", "run")
+    try:
+        record = RECORDS.get(name)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    fixed = table.get("fixed", {})
+    _check_keys(f"{where}: fixed", fixed, {*record.axes, "metric"})
+    base = {"metric": table["metric"], **fixed}
+    rows = _distinct(_axis(table["rows"], where, record, config), base, record, settings)
+    columns = _distinct(_axis(table["columns"], where, record, config), base, record, settings)
     cells = []
     for row, row_fields in rows:
         for column, column_fields in columns:
             fields = {**base, **row_fields, **column_fields}
-            cells.append(PaperCell(row, column, _run(fields, settings), fields["metric"]))
+            cells.append(PaperCell(row, column, record.run(name, fields, settings), fields["metric"]))
     return cells
 
 
-def _axis(spec: Any, where: str) -> list[tuple[str, dict[str, str]]]:
-    """An axis as (label, fields) pairs, in the paper's order."""
-    if not isinstance(spec, dict) or "values" not in spec:
+def _axis(spec: Any, where: str, record: RecordType, config: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """An axis as (label, fields) pairs, in the paper's order, then the config's."""
+    axes = (*record.axes, "metric")
+    if not isinstance(spec, dict) or not {"values", "config"} & set(spec):
         raise ConfigError(f"{where}: an axis is {{axis: <field>, values: ...}} or {{values: {{label: {{...}}}}}}")
-    values, axis = spec["values"], spec.get("axis")
+    _check_keys(where, spec, AXIS_KEYS)
+    values, axis = spec.get("values", []), spec.get("axis")
     if axis is None:
+        if "config" in spec:
+            raise ConfigError(f"{where}: 'config' needs an 'axis' (the field its names set)")
         pairs = list(values.items()) if isinstance(values, dict) else []
         for label, fields in pairs:
-            if not isinstance(fields, dict) or not fields or set(fields) - set(AXES):
-                raise ConfigError(f"{where}: '{label}' must map fields ({', '.join(AXES)}) to names")
+            if not isinstance(fields, dict) or not fields or set(fields) - set(axes):
+                raise ConfigError(f"{where}: '{label}' must map fields ({', '.join(axes)}) to names")
         return [(str(label), dict(fields)) for label, fields in pairs]
-    if axis not in AXES:
-        raise ConfigError(f"{where}: unknown axis '{axis}'; allowed: {', '.join(AXES)}")
-    named = values.items() if isinstance(values, dict) else ((value, value) for value in values)
+    if axis not in axes:
+        raise ConfigError(f"{where}: unknown axis '{axis}'; allowed: {', '.join(axes)}")
+    named = list(values.items()) if isinstance(values, dict) else [(value, value) for value in values]
+    if "config" in spec:
+        named += _config_values(where, spec, config)
+    elif "groups" in spec:
+        raise ConfigError(f"{where}: 'groups' go with 'config' (the config list that picks them)")
     return [(str(label), {axis: value}) for label, value in named]
 
 
-def _distinct(pairs: list[tuple[str, dict[str, str]]], base: dict[str, str], settings: dict[str, Any]
-              ) -> list[tuple[str, dict[str, str]]]:
+def _config_values(where: str, spec: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, name) of each name of the config list ``spec['config']``, or of each one's group."""
+    key, groups = spec["config"], spec.get("groups")
+    names = config.get(key)
+    if not isinstance(names, list):
+        raise ConfigError(f"{where}: config key '{key}' is not a list of names")
+    if groups is None:
+        return [(name, name) for name in names]
+    pairs = []
+    for name in names:
+        if name not in groups:
+            raise ConfigError(f"{where}: no group for '{name}' of {key}; groups: {', '.join(groups)}")
+        pairs += list(groups[name].items())
+    return pairs
+
+
+def _distinct(pairs: list[tuple[str, dict[str, str]]], base: dict[str, str], record: RecordType,
+              settings: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     """Drop a row/column that stand-ins made the same as an earlier one (CIFAR-100 → the scale's dataset)."""
     kept, seen = [], []
     for label, fields in pairs:
-        resolved = _stand_ins({**base, **fields}, settings)
+        resolved = record.resolve({**base, **fields}, settings)
         if resolved not in seen:
             seen.append(resolved)
             kept.append((label, fields))
     return kept
-
-
-def _stand_ins(fields: dict[str, str], settings: dict[str, Any]) -> dict[str, str]:
-    resolved = dict(fields)
-    for field, available in (("dataset", settings["datasets"]), ("arch", settings["archs"])):
-        if resolved.get(field) not in available:
-            resolved[field] = available[0]
-    return resolved
-
-
-def _run(fields: dict[str, str], settings: dict[str, Any]) -> Run:
-    resolved = _stand_ins(fields, settings)
-    return Run(resolved["dataset"], resolved["arch"], resolved["poison"], resolved["defense"], settings["recipe"],
-               tuple(settings["seeds"]))
 
 
 def _check_keys(where: str, mapping: Any, allowed: set[str]) -> None:
@@ -274,10 +301,3 @@ def _check_keys(where: str, mapping: Any, allowed: set[str]) -> None:
     unknown = sorted(set(mapping) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _known(where: str, registry: Any, name: str) -> None:
-    try:
-        registry.get(name)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None

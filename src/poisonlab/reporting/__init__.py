@@ -1,8 +1,7 @@
 """Tables from runs: tidy cells (the csv contract) and their wide markdown and LaTeX renderings."""
 
 from poisonlab.reporting.tables import (
-    TABLE_COLUMNS, Cell, accuracy_cells, build_table, load_metrics, render_latex, render_markdown, write_table,
+    TABLE_COLUMNS, Cell, build_table, load_metrics, render_latex, render_markdown, write_table,
 )
 
-__all__ = ["TABLE_COLUMNS", "Cell", "accuracy_cells", "build_table", "load_metrics", "render_latex",
-           "render_markdown", "write_table"]
+__all__ = ["TABLE_COLUMNS", "Cell", "build_table", "load_metrics", "render_latex", "render_markdown", "write_table"]

@@ -32,7 +32,7 @@ class Cell:
     dataset: str
     scale: str
     metric: str
-    runs: tuple[str, ...]  # metrics.json (or an evaluation's json) paths, one a seed
+    runs: tuple[str, ...]  # the json of its record (poisonlab.records), one a seed
     reported: float | None = None
 
 
@@ -131,10 +131,3 @@ def write_table(table: pl.DataFrame, *, csv: str | os.PathLike, md: str | os.Pat
         tmp.write_text(render_markdown(table, title))
     with atomic_path(tex) as tmp:
         tmp.write_text(render_latex(table, title))
-
-
-def accuracy_cells(table: str, runs: dict[str, Sequence[str]], *, dataset: str, scale: str) -> list[Cell]:
-    """A row a key of ``runs`` (an arch, a poison), columns final and peak test accuracy over its seeds."""
-    metrics = {"final": "final_test_acc", "peak": "peak_test_acc"}
-    return [Cell(table, row, column, dataset, scale, metric, tuple(paths))
-            for row, paths in runs.items() for column, metric in metrics.items()]

@@ -1,4 +1,4 @@
-"""Snakemake adapter: a table from its cells (the fields of reporting.Cell, runs included) in the rule's params."""
+"""Snakemake adapter: any grid's table from its cells (the fields of reporting.Cell, records included) → csv, md, tex."""
 
 from poisonlab.job import start_job
 

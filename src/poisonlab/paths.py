@@ -1,0 +1,63 @@
+"""Where the pipeline's files lie, defined once for the rules, ``poisonlab train``, ``launch`` and the tables.
+
+The config's ``paths: {data, results}`` roots a scale's containers and runs, so
+scales never overwrite each other's (DESIGN.md, "Data flow"). A method called
+without names returns its Snakemake pattern, wildcards in braces:
+``Paths("data", "results").run_dir()`` is
+``results/runs/{dataset}/{poison}/{defense}/{arch}/{recipe}/seed{seed}``; with
+names it returns that one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: str = "data"
+    results: str = "results"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Paths:
+        return cls(**config.get("paths", {}))
+
+    def clean(self, dataset: str = "{dataset}") -> str:
+        return f"{self.data}/clean/{dataset}.npz"
+
+    def poisoned(self, dataset: str = "{dataset}", poison: str = "{poison}") -> str:
+        return f"{self.data}/poisoned/{dataset}/{poison}.npz"
+
+    def sanitized(self, dataset: str = "{dataset}", poison: str = "{poison}", defense: str = "{defense}") -> str:
+        return f"{self.data}/sanitized/{dataset}/{poison}/{defense}.npz"
+
+    def poisoned_or_clean(self, dataset: str, poison: str) -> str:
+        """The training set as poisoned: ``poison=clean`` is the clean container itself."""
+        return self.clean(dataset) if poison == "clean" else self.poisoned(dataset, poison)
+
+    # The recipe is part of a run's name: the papers train the same cell with different recipes.
+    def run_dir(self, dataset: str = "{dataset}", poison: str = "{poison}", defense: str = "{defense}",
+                arch: str = "{arch}", recipe: str = "{recipe}", seed: int | str = "{seed}") -> str:
+        return f"{self.results}/runs/{dataset}/{poison}/{defense}/{arch}/{recipe}/seed{seed}"
+
+    @staticmethod
+    def table(slug: str = "{slug}", table: str = "{table}") -> str:
+        """A grid's table, without extension (.csv, .md, .tex): config/papers/<slug>.yaml's ``table``."""
+        return f"paper/{slug}/tables/{table}"
+
+    @staticmethod
+    def figure(slug: str = "{slug}", figure: str = "{figure}") -> str:
+        """A paper's figure, without extension (.pdf, .png)."""
+        return f"paper/{slug}/figures/{figure}"
+
+
+def training_data(config: dict[str, Any], dataset: str, poison: str, defense: str) -> str:
+    """What a run trains on: the sanitized set for a data-level defense, else the poisoned (or clean) one."""
+    from poisonlab.config import get_defense_options
+    from poisonlab.defenses import is_sanitizer
+
+    paths = Paths.from_config(config)
+    if is_sanitizer(defense, get_defense_options(config, defense, dataset)):
+        return paths.sanitized(dataset, poison, defense)
+    return paths.poisoned_or_clean(dataset, poison)

@@ -1,0 +1,67 @@
+"""The baselines tables through the one table rule: the same bytes as before they became a grid spec.
+
+tests/fixtures/baselines-tables/ holds the csv, md and tex that the hand-wired rules (one rule and
+script a table) made from the fixture records below; the grid of config/papers/baselines.yaml must
+make them again, number for number and byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, snakemake
+
+EXPECTED = ROOT / "tests" / "fixtures" / "baselines-tables"
+TABLES = ["baselines", "poisons", "defenses", "defenses-peak", "evaluations"]
+ARCHS = ["smallcnn", "resnet18"]
+POISONS = ["cuda", "ar", "em"]
+DEFENSES = ["none", "grayscale", "at-linf-8"]
+EVALUATIONS = ["peak", "dfr", "linsep"]
+SEEDS = [0, 1]
+CONFIG = ["papers=[]", f"tables=[{','.join(TABLES)}]", f"archs=[{','.join(ARCHS)}]",
+          f"poisons=[{','.join(POISONS)}]", f"defenses=[{','.join(DEFENSES)}]",
+          f"evaluations=[{','.join(EVALUATIONS)}]", f"seeds=[{','.join(map(str, SEEDS))}]"]
+
+
+def write_fixture_records(repo: Path) -> None:
+    """metrics.json and the evaluations' json of every run the tables read, numbers from a seeded generator."""
+    for arch in ARCHS:
+        for poison in ["clean", *POISONS]:
+            for defense in DEFENSES:
+                for seed in SEEDS:
+                    run = repo / f"results/runs/mnist5k/{poison}/{defense}/{arch}/embedded/seed{seed}"
+                    run.mkdir(parents=True)
+                    rng = random.Random(f"{arch}/{poison}/{defense}/{seed}")
+
+                    def accuracy() -> float:
+                        return round(rng.uniform(10, 99), 3)
+
+                    (run / "metrics.json").write_text(json.dumps({
+                        "poison": poison, "defense": defense, "arch": arch, "seed": seed,
+                        "final_test_acc": accuracy(), "peak_test_acc": accuracy(), "peak_epoch": rng.randint(1, 6)}))
+                    records = {
+                        # em's loss never falls below the threshold: a None, shown as "–"
+                        "peak": {"peak_epoch": rng.randint(1, 6),
+                                 "epochs_to_loss_threshold": None if poison == "em" else rng.randint(1, 6)},
+                        "dfr": {"final": {"test_acc_before": accuracy(), "test_acc_after": accuracy()},
+                                "best_after": {"test_acc_after": accuracy(), "epoch": rng.randint(1, 6)}},
+                        "linsep": {"train_acc": accuracy()},
+                    }
+                    for evaluation, record in records.items():
+                        (run / f"{evaluation}.json").write_text(json.dumps(record))
+
+
+@pytest.mark.slow
+def test_every_baselines_table_is_the_same_bytes_as_before(scratch_repo, workflow_env):
+    write_fixture_records(scratch_repo)
+    # Only the table rule may run: the fixture records stand in for trained and evaluated runs.
+    snakemake(scratch_repo, "--profile", "local", "all_tables", "--config", *CONFIG,
+              "--allowed-rules", "table", "all_tables", env=workflow_env)
+    made = sorted(path.name for path in (scratch_repo / "paper/baselines/tables").iterdir())
+    assert made == sorted(f"{table}.{ext}" for table in TABLES for ext in ("csv", "md", "tex"))
+    for name in made:
+        assert (scratch_repo / "paper/baselines/tables" / name).read_text() == (EXPECTED / name).read_text(), name
