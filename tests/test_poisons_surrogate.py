@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from conftest import quick_test_accuracy
 
 from poisonlab.data.container import ImageDataset
-from poisonlab.poisons import POISONS, apply_poison
-from poisonlab.poisons.error_maximizing import error_max
-from poisonlab.poisons.error_minimizing import min_min
+from poisonlab.poisons import POISONS, apply_poison, error_maximizing, error_minimizing
 from poisonlab.poisons.surrogate import accuracy
 from poisonlab.registry import ConfigError
 
@@ -44,6 +42,18 @@ def small(cifar_subset) -> ImageDataset:
 def as_tensors(dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(dataset.x_train).permute(0, 3, 1, 2).float() / 255
     return images, torch.from_numpy(dataset.y_train)
+
+
+def poison_and_surrogate(monkeypatch, module, name: str, images: torch.Tensor, labels: torch.Tensor, **options):
+    """Poison ``name``'s output and the surrogate it was made against, caught where ``module`` builds it."""
+    built = []
+    build = module.build_surrogate
+    monkeypatch.setattr(module, "build_surrogate", lambda *args, **kwargs: built.append(build(*args, **kwargs))
+                        or built[-1])
+    poisoned = POISONS.get(name)(images, labels, num_classes=10, generator=torch.Generator().manual_seed(0),
+                                 **options)
+    (model,) = built
+    return poisoned, model
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -82,12 +92,12 @@ def test_em_samplewise_differs_per_image(small):
     assert len(np.unique(perturbation.reshape(len(perturbation), -1), axis=0)) == len(perturbation)
 
 
-def test_em_noise_minimises_the_surrogates_error(small):
+def test_em_noise_minimises_the_surrogates_error(small, monkeypatch):
     """Against the surrogate it was made with (in eval mode, as PGD sees it), EM noise lowers the loss."""
     images, labels = as_tensors(small)
-    poisoned, model = min_min("em", images, labels, 10, torch.Generator().manual_seed(0), classwise=False,
-                              epsilon=EPSILON, step_size=2 / 255, steps=4, model_steps=5, stop_accuracy=0.99,
-                              max_rounds=4, surrogate="smallcnn", batch_size=50, lr=0.1)
+    poisoned, model = poison_and_surrogate(monkeypatch, error_minimizing, "em", images, labels, epsilon=EPSILON,
+                                           step_size=2 / 255, steps=4, model_steps=5, stop_accuracy=0.99,
+                                           max_rounds=4, surrogate="smallcnn", batch_size=50, lr=0.1)
     model.eval()
     with torch.no_grad():
         clean_loss = F.cross_entropy(model(images), labels).item()
@@ -96,7 +106,7 @@ def test_em_noise_minimises_the_surrogates_error(small):
 
 
 @pytest.mark.parametrize("targeted", [True, False])
-def test_tap_raises_the_clean_surrogates_error(small, targeted):
+def test_tap_raises_the_clean_surrogates_error(small, monkeypatch, targeted):
     """The clean surrogate fits most of its training images (79%); far fewer of their poisoned copies.
 
     Without the attack-time augmentation, so that a few steps already show the attack's direction. At
@@ -104,16 +114,46 @@ def test_tap_raises_the_clean_surrogates_error(small, targeted):
     untargeted, 14% correct.
     """
     images, labels = as_tensors(small)
-    poisoned, model = error_max("tap" if targeted else "tap-untargeted", images, labels, 10,
-                                torch.Generator().manual_seed(0), targeted=targeted, epsilon=EPSILON,
-                                step_size=2 / 255, steps=10, restarts=1, augment=False, surrogate="smallcnn",
-                                surrogate_epochs=15, batch_size=25, lr=0.05)
+    poisoned, model = poison_and_surrogate(monkeypatch, error_maximizing, "tap" if targeted else "tap-untargeted",
+                                           images, labels, epsilon=EPSILON, step_size=2 / 255, steps=10,
+                                           restarts=1, augment=False, surrogate="smallcnn", surrogate_epochs=15,
+                                           batch_size=25, lr=0.05)
     clean_accuracy, poisoned_accuracy = accuracy(model, images, labels), accuracy(model, poisoned, labels)
     assert poisoned_accuracy < clean_accuracy - 0.25
     if targeted:  # many poisoned images go to the next class: 3× chance
         with torch.no_grad():
             predicted = model(poisoned).argmax(1)
         assert (predicted == (labels + 1) % 10).float().mean() > 0.3
+
+
+@pytest.mark.parametrize(("name", "family", "fixed"), [
+    ("em", error_minimizing.error_minimizing, {"name": "em", "classwise": False}),
+    ("em-class", error_minimizing.error_minimizing, {"name": "em-class", "classwise": True}),
+    ("tap", error_maximizing.error_maximizing, {"name": "tap", "targeted": True}),
+    ("tap-untargeted", error_maximizing.error_maximizing, {"name": "tap-untargeted", "targeted": False}),
+])
+def test_variants_are_their_family_with_keywords_fixed(small, name, family, fixed):
+    """A variant is a functools.partial of its family; what it fixes is not an option a config may change."""
+    variant = POISONS.get(name)
+    assert variant.func is family and variant.keywords == fixed
+    assert not set(fixed) & set(POISONS.options(name))
+    assert "epsilon" in POISONS.options(name)
+    with pytest.raises(ConfigError, match=f"unknown option.*{sorted(fixed)[-1]}"):
+        apply_poison(name, small, seed=0, params={sorted(fixed)[-1]: True})
+
+
+def test_em_steps_default_to_the_authors_per_variant(monkeypatch):
+    """One family, two defaults: 20 PGD steps a batch sample-wise, 1 class-wise (counted on a 1-round run)."""
+    images, labels = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 2
+    calls = []
+    attack = error_minimizing.pgd
+    monkeypatch.setattr(error_minimizing, "pgd", lambda *args, **kwargs: calls.append(kwargs["steps"])
+                        or attack(*args, **kwargs))
+    for name, steps in (("em", 20), ("em-class", 1)):
+        calls.clear()
+        POISONS.get(name)(images, labels, num_classes=2, generator=torch.Generator().manual_seed(0),
+                          surrogate="smallcnn", model_steps=1, max_rounds=1, batch_size=10, step_size=2 / 255)
+        assert calls == [steps, steps]  # two batches of 10
 
 
 @pytest.mark.parametrize(("name", "options", "field"), [

@@ -8,6 +8,7 @@ an unknown name fails in one place with the list of known names, and
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -71,8 +72,13 @@ class Registry(Generic[T]):
 
 
 def _keyword_options(entry: Callable[..., Any]) -> list[str] | None:
-    """Keyword-only parameter names of ``entry``; None when it takes ``**kwargs``."""
+    """Keyword-only parameter names of ``entry``; None when it takes ``**kwargs``.
+
+    A variant registered as ``functools.partial(family, **fixed)`` (``em-class``: the EM family with
+    ``classwise=True``) is its family with ``fixed`` settled: those keywords are not its options.
+    """
     parameters = inspect.signature(entry).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
-    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+    fixed = entry.keywords if isinstance(entry, functools.partial) else {}
+    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in fixed]

@@ -9,24 +9,16 @@ are L∞ balls of 4/255, 8/255, 16/255 and ``at-l2`` an L2 ball of 0.75, all in
 [0, 1] pixel units (the raw batch is [0, 255]; the attack runs on x/255); 10
 steps of 1.5·ε/10 each, from a random start inside the ball.
 
-Choices made here, with their reasons:
+The attack is ``poisonlab.attacks.pgd`` (its docstring gives the random
+start, the L2 step and the projection). Chosen here:
 
-- Random start: uniform in the L∞ cube; for L2, a uniformly random direction
-  (a normalised Gaussian) scaled by a radius drawn uniformly from [0, ε] —
-  not uniform in the ball's volume, which in 3,072 dimensions puts almost
-  every start on the surface.
-- Steps: the gradient's sign for L∞, the gradient divided by its per-image L2
-  norm for L2; after each step the perturbation is projected onto the ball and
-  the image onto [0, 1] (clipping to the box only shrinks each coordinate of
-  the perturbation, so the result stays inside the ball).
 - Model mode while crafting: train mode, as Madry et al.'s CIFAR-10 code
   crafts with the training graph (batch-norm on batch statistics, moving
   averages updated by the attack's passes too). The network is never
   switched between modes inside a batch, so batch-norm sees adversarial
   batches only, which are also what it is trained on.
-- The attack's loss is the summed soft cross-entropy against the batch's
-  (possibly mixed) targets: summed so each image's gradient keeps its size
-  under bf16 autocast; the training loss is the usual mean.
+- The attack's loss is the soft cross-entropy against the batch's (possibly
+  mixed) targets, summed over the batch; the training loss is the usual mean.
 """
 
 from __future__ import annotations
@@ -34,11 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from poisonlab.attacks import pgd
 from poisonlab.defenses.base import DEFENSES, check_positive
 from poisonlab.registry import ConfigError
 from poisonlab.training.procedure import Normalize, TrainingDefense, soft_cross_entropy
-
-NORMS = ("linf", "l2")
 
 # name → (norm, default ε in [0, 1] pixel units)
 BUDGETS = {
@@ -50,7 +41,7 @@ BUDGETS = {
 DEFAULT_STEPS = 10
 
 
-# ---------------------------------------------------------------- PGD
+# ---------------------------------------------------------------- the attack
 
 
 def pgd_attack(model: nn.Module, x01: torch.Tensor, targets: torch.Tensor, normalize: Normalize, *, norm: str,
@@ -60,47 +51,14 @@ def pgd_attack(model: nn.Module, x01: torch.Tensor, targets: torch.Tensor, norma
     ``normalize`` maps [0, 255] pixels to the model's input, as the training loop's does. The model is used in
     whatever mode it is in; the result is detached.
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
     x01 = x01.detach().float()
-    delta = _project(_random_start(x01, norm, epsilon, generator), x01, norm, epsilon)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model(normalize((x01 + delta) * 255))
-        (grad,) = torch.autograd.grad(soft_cross_entropy(logits, targets, reduction="none").sum(), delta)
-        delta = _project(delta.detach() + step_size * _ascent_direction(grad, norm), x01, norm, epsilon)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return soft_cross_entropy(model(normalize(x * 255)), targets, reduction="none")
+
+    delta = pgd(loss, x01, norm=norm, epsilon=epsilon, step_size=step_size, steps=steps, start="random",
+                generator=generator)
     return (x01 + delta).clamp(0, 1)
-
-
-def _random_start(x: torch.Tensor, norm: str, epsilon: float, generator: torch.Generator) -> torch.Tensor:
-    def draw(sampler, shape):
-        return sampler(shape, generator=generator, device=generator.device).to(x.device)
-
-    if norm == "linf":
-        return (draw(torch.rand, x.shape) * 2 - 1) * epsilon
-    direction = draw(torch.randn, x.shape)
-    radius = draw(torch.rand, (len(x), 1, 1, 1)) * epsilon
-    return direction / _per_image_l2(direction) * radius
-
-
-def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return grad.sign()
-    return grad / _per_image_l2(grad)
-
-
-def _project(delta: torch.Tensor, x: torch.Tensor, norm: str, epsilon: float) -> torch.Tensor:
-    """Onto the ball of ``epsilon`` around 0, then so that ``x + delta`` lies in [0, 1]."""
-    if norm == "linf":
-        delta = delta.clamp(-epsilon, epsilon)
-    else:
-        delta = delta * (epsilon / _per_image_l2(delta)).clamp(max=1)
-    return (x + delta).clamp(0, 1) - x
-
-
-def _per_image_l2(t: torch.Tensor) -> torch.Tensor:
-    # The floor keeps an all-zero gradient (a saturated image) from dividing by zero.
-    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
 # ---------------------------------------------------------------- the defenses

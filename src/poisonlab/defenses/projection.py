@@ -26,10 +26,12 @@ small sets a smaller ``batch_size`` (or more ``epochs``). AR, the paper's
 example of perturbations that are not linearly separable, is not undone
 either way (37% → 30% with batches of 40).
 
-Chosen where the code is silent or differs: the batches are drawn in a new
-seeded order every epoch (theirs iterate the set in its stored order, which in
-a class-sorted container would be one class a batch), and the initial weights
-come from the same generator, so the seed fixes the result.
+The fit runs through the training code: the training loop's step
+(``training.loop.train_step``) with the optimizer and step schedule of a
+``Recipe``. Chosen where the code is silent or differs: the batches are drawn
+in a new seeded order every epoch (theirs iterate the set in its stored order,
+which in a class-sorted container would be one class a batch), and the initial
+weights come from the same generator, so the seed fixes the result.
 
 The projected images leave [0, 1] (1.5% of the values on OPS- or LSP-poisoned
 CIFAR, 40% after the 40 steps above), so the sanitizer is ``off_grid``: stored
@@ -42,9 +44,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from poisonlab.defenses.base import DEFENSES, Sanitizer, check_positive
 from poisonlab.registry import ConfigError
+from poisonlab.training.loop import shuffled_batches, train_step
+from poisonlab.training.recipe import Recipe
 
 
 def _check_count(option: str, value: int) -> None:
@@ -59,17 +64,16 @@ def fit_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, g
     # nn.Linear's default initialisation, U(−1/√D, 1/√D), drawn from the generator.
     bound = 1 / math.sqrt(dim)
     weights = torch.rand(num_classes, dim, generator=generator, device=generator.device)
-    weights = weights.to(features.device).mul_(2 * bound).sub_(bound).requires_grad_()
-    milestones = (int(epochs * 0.5), int(epochs * 0.75))  # MultiStepLR's, as the authors set them
+    weights = nn.Parameter(weights.to(features.device).mul_(2 * bound).sub_(bound))
+    # Plain SGD, ×0.1 after 50% and 75% of the epochs (MultiStepLR's milestones, as the authors set them).
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.0, weight_decay=0.0,
+                    schedule="step", milestones=(int(epochs * 0.5), int(epochs * 0.75)))
+    optimizer = recipe.make_optimizer([weights])
+    scheduler = recipe.make_scheduler(optimizer, steps_per_epoch=-(-len(features) // batch_size))
     labels = labels.to(features.device)
-    for epoch in range(epochs):
-        epoch_lr = lr * 0.1 ** sum(epoch >= milestone for milestone in milestones)
-        order = torch.randperm(len(features), generator=generator, device=generator.device)
-        for batch in order.to(features.device).split(batch_size):
-            loss = F.cross_entropy(features[batch] @ weights.T, labels[batch])
-            (gradient,) = torch.autograd.grad(loss, weights)
-            with torch.no_grad():
-                weights.sub_(gradient, alpha=epoch_lr)
+    for _ in range(epochs):
+        for batch in shuffled_batches(len(features), batch_size, generator, features.device):
+            train_step(F.cross_entropy(features[batch] @ weights.T, labels[batch]), optimizer, scheduler)
     return weights.detach()
 
 

@@ -20,51 +20,35 @@ training, random crop + flip.
 Our choices: the attack-time augmentation is the same random crop (integer
 shifts up to 1/8 of the side, reflect padding) and flip the surrogate trains
 with, where the authors shift by a bilinear resampling grid; the attack runs on
-chunks of 512 images, the size of the authors' poison batches.
+chunks of 512 images, the size of the authors' poison batches. ``tap`` and
+``tap-untargeted`` are one function, ``error_maximizing``, with ``targeted``
+fixed by their registrations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from poisonlab.attacks import pgd
 from poisonlab.poisons.base import POISONS, check_budget
-from poisonlab.poisons.surrogate import (augmenter, build_surrogate, check_count, check_step, check_surrogate,
-                                         epoch_batches, logits, pgd, project, set_lr, sgd, train_step)
+from poisonlab.poisons.surrogate import (SurrogateTrainer, augmenter, build_surrogate, check_count, check_step,
+                                         check_surrogate, logits, surrogate_recipe)
+from poisonlab.training.loop import shuffled_batches
 
 ATTACK_CHUNK = 512  # images attacked at once; the model is fixed, so this only bounds memory
 
 
-@POISONS.register("tap")
-def tap(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-        epsilon: float = 8 / 255, step_size: float = 0.4 / 255, steps: int = 250, restarts: int = 8,
-        augment: bool = True, surrogate: str = "resnet18", surrogate_epochs: int = 40, batch_size: int = 128,
-        lr: float = 0.1) -> torch.Tensor:
-    """Class-targeted adversarial poison: every image pushed towards class (y + 1) mod K."""
-    return error_max("tap", images, labels, num_classes, generator, targeted=True, epsilon=epsilon,
-                      step_size=step_size, steps=steps, restarts=restarts, augment=augment, surrogate=surrogate,
-                      surrogate_epochs=surrogate_epochs, batch_size=batch_size, lr=lr)[0]
-
-
-@POISONS.register("tap-untargeted")
-def tap_untargeted(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                   epsilon: float = 8 / 255, step_size: float = 0.4 / 255, steps: int = 250, restarts: int = 8,
-                   augment: bool = True, surrogate: str = "resnet18", surrogate_epochs: int = 40,
-                   batch_size: int = 128, lr: float = 0.1) -> torch.Tensor:
-    """Untargeted adversarial poison: the true label's cross-entropy maximised."""
-    return error_max("tap-untargeted", images, labels, num_classes, generator, targeted=False, epsilon=epsilon,
-                      step_size=step_size, steps=steps, restarts=restarts, augment=augment, surrogate=surrogate,
-                      surrogate_epochs=surrogate_epochs, batch_size=batch_size, lr=lr)[0]
-
-
-def error_max(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-              generator: torch.Generator, *, targeted: bool, epsilon: float, step_size: float, steps: int,
-              restarts: int, augment: bool, surrogate: str, surrogate_epochs: int, batch_size: int,
-              lr: float) -> tuple[torch.Tensor, nn.Module]:
-    """The poisoned images and the clean surrogate they attack (which tests can inspect)."""
+def error_maximizing(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                     name: str, targeted: bool, epsilon: float = 8 / 255, step_size: float = 0.4 / 255,
+                     steps: int = 250, restarts: int = 8, augment: bool = True, surrogate: str = "resnet18",
+                     surrogate_epochs: int = 40, batch_size: int = 128, lr: float = 0.1) -> torch.Tensor:
+    """Adversarial poison (Fowl et al. 2021): each image pushed towards class (y + 1) mod K when ``targeted``,
+    else away from its own."""
     check_budget(name, "epsilon", epsilon, maximum=1.0)
     check_step(name, step_size, epsilon)
     for option, value in (("steps", steps), ("restarts", restarts), ("surrogate_epochs", surrogate_epochs),
@@ -74,8 +58,8 @@ def error_max(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes
     check_surrogate(name, surrogate)
 
     transform = augmenter(images.shape[-1], generator)
-    model = _clean_surrogate(images, labels, num_classes, generator, surrogate=surrogate, epochs=surrogate_epochs,
-                             batch_size=batch_size, lr=lr, transform=transform)
+    model = clean_surrogate(images, labels, num_classes, generator, surrogate=surrogate, epochs=surrogate_epochs,
+                            batch_size=batch_size, lr=lr, transform=transform)
     model.eval()
     # Targeted: descend the target's CE; untargeted: ascend the true label's.
     goal = (labels + 1) % num_classes if targeted else labels
@@ -86,28 +70,34 @@ def error_max(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes
 
     best, best_loss = None, float("inf")
     for _ in range(restarts):
-        noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
-        delta = project(noise * epsilon, images, epsilon)
+        # The authors' start: Gaussian noise of standard deviation ε, which pgd projects into the ball.
+        start = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device) * epsilon
+        delta = torch.empty_like(images)
         for index in torch.arange(len(images), device=images.device).split(ATTACK_CHUNK):
-            delta[index] = pgd(attack_loss(goal[index]), images[index], delta[index], radius=epsilon,
-                               step_size=step_size, steps=steps, minimize=targeted)
+            delta[index] = pgd(attack_loss(goal[index]), images[index], epsilon=epsilon, step_size=step_size,
+                               steps=steps, minimize=targeted, start=start[index])
         loss = _final_loss(model, images + delta, goal, targeted)
         if loss < best_loss:
             best, best_loss = delta, loss
-    return (images + best).clamp(0, 1), model
+    return (images + best).clamp(0, 1)
 
 
-def _clean_surrogate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator, *,
-                     surrogate: str, epochs: int, batch_size: int, lr: float,
-                     transform: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+POISONS.register("tap")(partial(error_maximizing, name="tap", targeted=True))
+POISONS.register("tap-untargeted")(partial(error_maximizing, name="tap-untargeted", targeted=False))
+
+
+def clean_surrogate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator, *,
+                    surrogate: str, epochs: int, batch_size: int, lr: float,
+                    transform: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
     """The surrogate trained on clean data with the authors' default recipe."""
     model = build_surrogate(surrogate, images, num_classes, generator)
-    optimizer = sgd(model, lr, nesterov=True)
-    milestones = [max(1, epochs * k // 8) for k in (3, 5, 7)]  # never before the first epoch
-    for epoch in range(epochs):
-        set_lr(optimizer, lr * 0.1 ** sum(epoch >= m for m in milestones))
-        for index in epoch_batches(len(images), batch_size, generator, images.device):
-            train_step(model, optimizer, transform(images[index]), labels[index])
+    milestones = tuple(max(1, epochs * k // 8) for k in (3, 5, 7))  # never before the first epoch
+    recipe = surrogate_recipe(lr=lr, batch_size=batch_size, epochs=epochs, nesterov=True, schedule="step",
+                              milestones=milestones)
+    trainer = SurrogateTrainer(model, recipe, steps_per_epoch=-(-len(images) // batch_size))
+    for _ in range(epochs):
+        for index in shuffled_batches(len(images), batch_size, generator, images.device):
+            trainer.step(transform(images[index]), labels[index])
     return model
 
 

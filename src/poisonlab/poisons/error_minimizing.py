@@ -16,7 +16,8 @@ from its class's δ and the class's δ becoming the mean of its images' results
 SGD lr 0.1, momentum 0.9, weight decay 5e-4 and gradient clipping at norm 5,
 on batches of 512 (the defaults of the authors' generation script). Our
 choices: ``max_rounds`` = 100 so generation always ends, and batches shuffled by
-the generator.
+the generator. ``em`` and ``em-class`` are one function, ``error_minimizing``,
+with ``classwise`` fixed by their registrations.
 
 **REM** — Fu et al., "Robust Unlearnable Examples: Protecting Data Against
 Adversarial Learning", ICLR 2022. A min-min-max: the surrogate is trained
@@ -37,49 +38,36 @@ image (550 with the defaults), at each of the 5,000 steps and once more at the e
 from __future__ import annotations
 
 import logging
+import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from poisonlab.attacks import pgd
 from poisonlab.poisons.base import POISONS, check_budget
-from poisonlab.poisons.surrogate import (accuracy, augmenter, batch_stream, build_surrogate, check_count,
-                                         check_step, check_surrogate, cross_entropy_sum, epoch_batches, logits,
-                                         pgd, project, set_lr, sgd, train_step, uniform_start)
+from poisonlab.poisons.surrogate import (SurrogateTrainer, accuracy, augmenter, batch_stream, build_surrogate,
+                                         check_count, check_step, check_surrogate, cross_entropy_sum, logits,
+                                         surrogate_recipe)
 from poisonlab.registry import ConfigError
+from poisonlab.training.loop import shuffled_batches
 
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP = 5.0  # Huang et al.'s training config clips the surrogate's gradient norm at 5
+STEPS = {False: 20, True: 1}  # PGD steps a batch a round: sample-wise, class-wise (the authors' defaults)
 
 
-@POISONS.register("em")
-def em(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-       epsilon: float = 8 / 255, step_size: float = 0.8 / 255, steps: int = 20, model_steps: int = 10,
-       stop_accuracy: float = 0.99, max_rounds: int = 100, surrogate: str = "resnet18", batch_size: int = 512,
-       lr: float = 0.1) -> torch.Tensor:
-    """Sample-wise error-minimizing noise (Huang et al. 2021)."""
-    return min_min("em", images, labels, num_classes, generator, classwise=False, epsilon=epsilon,
-                    step_size=step_size, steps=steps, model_steps=model_steps, stop_accuracy=stop_accuracy,
-                    max_rounds=max_rounds, surrogate=surrogate, batch_size=batch_size, lr=lr)[0]
+def error_minimizing(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                     name: str, classwise: bool, epsilon: float = 8 / 255, step_size: float = 0.8 / 255,
+                     steps: int | None = None, model_steps: int = 10, stop_accuracy: float = 0.99,
+                     max_rounds: int = 100, surrogate: str = "resnet18", batch_size: int = 512,
+                     lr: float = 0.1) -> torch.Tensor:
+    """Error-minimizing noise (Huang et al. 2021): one δ an image, or one a class when ``classwise``.
 
-
-@POISONS.register("em-class")
-def em_class(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-             epsilon: float = 8 / 255, step_size: float = 0.8 / 255, steps: int = 1, model_steps: int = 10,
-             stop_accuracy: float = 0.99, max_rounds: int = 100, surrogate: str = "resnet18",
-             batch_size: int = 512, lr: float = 0.1) -> torch.Tensor:
-    """Class-wise error-minimizing noise: one δ per class (Huang et al. 2021)."""
-    return min_min("em-class", images, labels, num_classes, generator, classwise=True, epsilon=epsilon,
-                    step_size=step_size, steps=steps, model_steps=model_steps, stop_accuracy=stop_accuracy,
-                    max_rounds=max_rounds, surrogate=surrogate, batch_size=batch_size, lr=lr)[0]
-
-
-def min_min(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator,
-            *, classwise: bool, epsilon: float, step_size: float, steps: int, model_steps: int,
-            stop_accuracy: float, max_rounds: int, surrogate: str, batch_size: int,
-            lr: float) -> tuple[torch.Tensor, nn.Module]:
-    """The poisoned images and the surrogate they were made against (which tests can inspect)."""
+    ``steps`` defaults to 20 sample-wise and 1 class-wise.
+    """
+    steps = STEPS[classwise] if steps is None else steps
     check_budget(name, "epsilon", epsilon, maximum=1.0)
     check_step(name, step_size, epsilon)
     for option, value in (("steps", steps), ("model_steps", model_steps), ("max_rounds", max_rounds),
@@ -91,7 +79,9 @@ def min_min(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: 
     check_surrogate(name, surrogate)
 
     model = build_surrogate(surrogate, images, num_classes, generator)
-    optimizer = sgd(model, lr)
+    # A constant rate, so the recipe's epochs only bound the steps: one step an epoch.
+    recipe = surrogate_recipe(lr=lr, batch_size=batch_size, epochs=model_steps * max_rounds, grad_clip=GRAD_CLIP)
+    trainer = SurrogateTrainer(model, recipe, steps_per_epoch=1)
     delta = images.new_zeros((num_classes, *images.shape[1:]) if classwise else images.shape)
 
     def noisy(index: torch.Tensor) -> torch.Tensor:
@@ -102,12 +92,11 @@ def min_min(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: 
     for round_ in range(1, max_rounds + 1):
         for _ in range(model_steps):
             index = next(stream)
-            train_step(model, optimizer, noisy(index), labels[index], GRAD_CLIP)
-        for index in epoch_batches(len(images), batch_size, generator, images.device):
+            trainer.step(noisy(index), labels[index])
+        for index in shuffled_batches(len(images), batch_size, generator, images.device):
             x, y = images[index], labels[index]
-            start = delta[y] if classwise else delta[index]
-            found = pgd(cross_entropy_sum(model, y), x, project(start, x, epsilon), radius=epsilon,
-                        step_size=step_size, steps=steps, minimize=True)
+            found = pgd(cross_entropy_sum(model, y), x, epsilon=epsilon, step_size=step_size, steps=steps,
+                        minimize=True, start=delta[y] if classwise else delta[index])
             if classwise:
                 # Each class present in the batch takes the mean of its images' results.
                 total = torch.zeros_like(delta).index_add_(0, y, found)
@@ -120,7 +109,11 @@ def min_min(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: 
         logger.info("%s round %d: surrogate accuracy on the noisy training set %.4f", name, round_, train_accuracy)
         if train_accuracy >= stop_accuracy:
             break
-    return noisy(everything), model
+    return noisy(everything)
+
+
+POISONS.register("em")(partial(error_minimizing, name="em", classwise=False))
+POISONS.register("em-class")(partial(error_minimizing, name="em-class", classwise=True))
 
 
 @POISONS.register("rem")
@@ -142,39 +135,39 @@ def rem(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generat
     check_surrogate("rem", surrogate)
 
     model = build_surrogate(surrogate, images, num_classes, generator)
-    optimizer = sgd(model, lr)
+    # The paper's ×0.1 at 40% and 80% of the steps, by the recipes' step schedule counting a step an epoch
+    # (ceil: the first whole step at or past each point).
+    milestones = (math.ceil(0.4 * train_steps), math.ceil(0.8 * train_steps))
+    recipe = surrogate_recipe(lr=lr, batch_size=batch_size, epochs=train_steps, schedule="step",
+                              milestones=milestones)
+    trainer = SurrogateTrainer(model, recipe, steps_per_epoch=1)
     augment = augmenter(images.shape[-1], generator)
 
     def adversarial(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The inner max: x moved up the loss within ρ_a (unchanged when ρ_a = 0)."""
         if adv_radius == 0:
             return x
-        start = uniform_start(x, adv_radius, generator)
-        return x + pgd(cross_entropy_sum(model, y), x, start, radius=adv_radius, step_size=adv_step_size,
-                       steps=adv_steps, minimize=False)
+        return x + pgd(cross_entropy_sum(model, y), x, epsilon=adv_radius, step_size=adv_step_size,
+                       steps=adv_steps, start="random", generator=generator)
 
     def robust_noise(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """δ minimising E_T[max_{‖r‖≤ρ_a} L(T(x + δ) + r)], from a random start."""
         model.eval()  # as the inner max sets it: no batch statistics while crafting, even with ρ_a = 0
-        delta = uniform_start(x, epsilon, generator)
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            grad = torch.zeros_like(x)
-            for _ in range(eot_samples):
-                transformed = augment(x + delta)
-                offset = adversarial(transformed.detach(), y) - transformed.detach()
-                loss = F.cross_entropy(logits(model, transformed + offset), y, reduction="sum")
-                grad += torch.autograd.grad(loss, delta)[0]
-            delta = project(delta.detach() - step_size * grad.sign(), x, epsilon)
-        return delta
+
+        def loss(z: torch.Tensor) -> torch.Tensor:
+            transformed = augment(z)
+            offset = adversarial(transformed.detach(), y) - transformed.detach()  # constant (Danskin)
+            return F.cross_entropy(logits(model, transformed + offset), y, reduction="sum")
+
+        return pgd(loss, x, epsilon=epsilon, step_size=step_size, steps=steps, minimize=True, start="random",
+                   generator=generator, eot_samples=eot_samples)
 
     stream = batch_stream(len(images), batch_size, generator, images.device)
-    for step in range(train_steps):
-        set_lr(optimizer, lr * 0.1 ** ((step >= 0.4 * train_steps) + (step >= 0.8 * train_steps)))
+    for _ in range(train_steps):
         index = next(stream)
         x, y = images[index], labels[index]
         noisy = augment(x + robust_noise(x, y))
-        train_step(model, optimizer, adversarial(noisy, y), y)
+        trainer.step(adversarial(noisy, y), y)
 
     delta = torch.empty_like(images)
     for index in torch.arange(len(images), device=images.device).split(batch_size):

@@ -1,12 +1,14 @@
-"""What the poisons optimised against a network share: the surrogate, its training, and L∞ PGD.
+"""What the poisons optimised against a network share: the surrogate and how it is trained.
 
-Error-minimizing (EM, REM) and error-maximizing (TAP) noise are both projected
-sign-gradient steps on a surrogate classifier; only the loss, its sign and the
-way the surrogate is trained differ. Everything here draws its randomness from
+Error-minimizing (EM, REM) and error-maximizing (TAP) noise are both PGD
+(``poisonlab.attacks.pgd``) on a surrogate classifier; only the loss, its
+direction and the way the surrogate is trained differ. The surrogate trains
+by the training code's step (``training.loop.train_step``) with an optimizer
+and schedule from a ``Recipe``. Everything here draws its randomness from
 the poison's ``torch.Generator``: the model's initial weights (seeded from it
 inside ``fork_rng``, so the global RNG is neither used nor disturbed), batch
-orders, augmentations and random starts. On CUDA the forward passes run under
-bf16 autocast, as the training loop does; on the CPU everything stays fp32.
+orders, augmentations and random starts. The forward passes run at the
+training loop's default precision (``autocast(device, "auto")``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from torch import nn
 from poisonlab.models import MODELS, build_model
 from poisonlab.registry import ConfigError
 from poisonlab.training.augment import build_augmentations
-from poisonlab.training.loop import autocast
-
-Loss = Callable[[torch.Tensor], torch.Tensor]
+from poisonlab.training.loop import autocast, shuffled_batches, train_step
+from poisonlab.training.recipe import Recipe
 
 
 def check_count(poison: str, name: str, value: int) -> None:
@@ -67,42 +68,41 @@ def build_surrogate(arch: str, images: torch.Tensor, num_classes: int, generator
     return nn.Sequential(_Standardize(images), model).to(images.device, memory_format=torch.channels_last)
 
 
-def sgd(model: nn.Module, lr: float, *, nesterov: bool = False) -> torch.optim.Optimizer:
-    """The papers' surrogate optimiser: SGD, momentum 0.9, weight decay 5e-4."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+def surrogate_recipe(*, lr: float, batch_size: int, epochs: int, nesterov: bool = False, schedule: str = "constant",
+                     milestones: tuple[int, ...] = (), grad_clip: float | None = None) -> Recipe:
+    """The papers' surrogate optimiser (SGD, momentum 0.9, weight decay 5e-4) with a poison's rate and schedule.
+
+    ``schedule`` and ``milestones`` are those of the training recipes (``training.recipe.SCHEDULES``); a
+    poison whose schedule counts steps, not epochs, gives ``epochs`` in steps and trains with
+    ``steps_per_epoch`` = 1.
+    """
+    return Recipe(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=0.9, nesterov=nesterov,
+                  weight_decay=5e-4, schedule=schedule, milestones=milestones, grad_clip=grad_clip)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+class SurrogateTrainer:
+    """A surrogate with the optimizer and schedule of ``recipe``, trained a batch at a time by the training loop's step."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, steps_per_epoch: int) -> None:
+        self.model, self.recipe = model, recipe
+        self.optimizer = recipe.make_optimizer(model.parameters())
+        self.scheduler = recipe.make_scheduler(self.optimizer, steps_per_epoch)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model.train()
+        loss = F.cross_entropy(logits(self.model, x), y)
+        train_step(loss, self.optimizer, self.scheduler, self.recipe.grad_clip)
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with autocast(x.device, "auto"):  # the training loop's default: bf16 on CUDA, fp32 on the CPU
+    with autocast(x.device, "auto"):  # the training loop's default precision
         return model(x).float()
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               grad_clip: float | None = None) -> None:
-    model.train()
-    loss = F.cross_entropy(logits(model, x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-
-
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """One shuffled pass over ``n`` indices."""
-    order = torch.randperm(n, generator=generator, device=generator.device).to(device)
-    return list(order.split(batch_size))
 
 
 def batch_stream(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
     """Shuffled batches, epoch after epoch, for as long as they are asked for."""
     while True:
-        yield from epoch_batches(n, batch_size, generator, device)
+        yield from shuffled_batches(n, batch_size, generator, device)
 
 
 def augmenter(image_size: int, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -121,28 +121,7 @@ def augmenter(image_size: int, generator: torch.Generator) -> Callable[[torch.Te
     return apply
 
 
-def uniform_start(x: torch.Tensor, radius: float, generator: torch.Generator) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
-    return project((noise * 2 - 1) * radius, x, radius)
-
-
-def project(delta: torch.Tensor, x: torch.Tensor, radius: float) -> torch.Tensor:
-    """Into the L∞ ball of ``radius`` and so that ``x + delta`` stays a valid image in [0, 1]."""
-    return (x + delta.clamp(-radius, radius)).clamp(0, 1) - x
-
-
-def pgd(loss: Loss, x: torch.Tensor, delta: torch.Tensor, *, radius: float, step_size: float, steps: int,
-        minimize: bool) -> torch.Tensor:
-    """``steps`` signed-gradient steps on ``loss(x + delta)`` (down if ``minimize``), projected each time."""
-    direction = -1.0 if minimize else 1.0
-    for _ in range(steps):
-        delta = delta.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(x + delta), delta)
-        delta = project(delta.detach() + direction * step_size * grad.sign(), x, radius)
-    return delta.detach()
-
-
-def cross_entropy_sum(model: nn.Module, y: torch.Tensor) -> Loss:
+def cross_entropy_sum(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Summed (not mean) CE of the model in eval mode: per-image gradients keep their size in bf16."""
     model.eval()
     return lambda x: F.cross_entropy(logits(model, x), y, reduction="sum")
