@@ -1,4 +1,7 @@
-"""Snakemake adapter: figure ``params.figure`` from the keyword arguments ``params.arguments``, as pdf and png."""
+"""Snakemake adapter: figure ``params.figure`` from the keyword arguments ``params.arguments``, as pdf and png.
+
+The scale being run goes into every figure's caption line.
+"""
 
 from poisonlab.job import start_job
 
@@ -6,5 +9,5 @@ start_job(snakemake.log[0])
 
 from poisonlab.reporting.figures import FIGURES, save_figure
 
-figure = FIGURES.build(snakemake.params.figure, **snakemake.params.arguments)
+figure = FIGURES.build(snakemake.params.figure, scale=snakemake.config["scale"], **snakemake.params.arguments)
 save_figure(figure, pdf=snakemake.output.pdf, png=snakemake.output.png)
