@@ -115,6 +115,31 @@ def test_a_flat_image_stays_flat_ssk_exactly_rsk_up_to_a_random_gain():
     assert abs(gain.mean() - 1) < 0.05 and 0.15 < gain.std() < 0.25
 
 
+@pytest.mark.parametrize("name", ["rsk", "ssk"])
+def test_sharpened_image_lands_at_the_originals_crop_offsets_minus_2_to_4(name):
+    """The repository's RandomCrop(32, padding=4) of the 30×30 image: top-left offsets uniform in −2…4, on black."""
+    defense = build_defense(name)
+    flat = torch.full((512, 3, 32, 32), 100, dtype=torch.uint8)  # sharpened, still flat and non-zero
+    out = flat
+    for augment in defense.augmentations({"crop": {"padding": 4}, "flip": {}}):
+        out, _ = augment(out, _targets(len(out)), torch.Generator().manual_seed(0))
+    content = out[:, 0] > 0  # (B, H, W)
+
+    def offsets(along_rows: torch.Tensor) -> torch.Tensor:
+        # first and last rows with content; where the image starts above the window, its last row tells
+        first = along_rows.float().argmax(1)
+        last = 31 - along_rows.flip(1).float().argmax(1)
+        return torch.where(first > 0, first, last - 29)
+
+    rows, cols = offsets(content.any(2)), offsets(content.any(1))
+    assert set(rows.tolist()) == set(range(-2, 5)) == set(cols.tolist())
+    def visible(offset: torch.Tensor) -> torch.Tensor:  # the image's extent inside the 32-px window
+        return (offset + 30).clamp(max=32) - offset.clamp(min=0)
+
+    assert torch.equal(content.sum((1, 2)), visible(rows) * visible(cols))  # one whole 30×30, cut by the window
+    assert defense.augmentations({"flip": {}})[1:] and build_defense("ff").recipe_augment is None
+
+
 def test_rsk_ff_is_rsk_then_ff_on_the_sharpened_image():
     x = _images()
     sharpened = _transform("rsk", seed=3, x=x)[..., 1:-1, 1:-1]  # the same first draw: the same kernels

@@ -29,7 +29,7 @@ def _generator(seed=0):
 
 
 def test_registered_augmentations():
-    assert AUGMENTATIONS.names() == ["crop", "cutmix", "cutout", "flip", "mixup"]
+    assert AUGMENTATIONS.names() == ["affine", "color-jitter", "crop", "cutmix", "cutout", "flip", "mixup", "rotate"]
 
 
 def test_crop_is_a_shifted_window_of_the_padded_image():
@@ -42,6 +42,26 @@ def test_crop_is_a_shifted_window_of_the_padded_image():
         matches = [torch.equal(image[:, i:i + 8, j:j + 8], window) for i in range(5) for j in range(5)]
         assert any(matches)
     assert not torch.equal(out, x)  # 16 images: some moved
+
+
+def test_default_crop_fills_with_zeros_where_torchvision_random_crop_does(monkeypatch):
+    """The originals' RandomCrop(32, padding=4) (fill 0), image by image, on the offsets our crop drew."""
+    import torchvision.transforms as T
+
+    x = torch.randint(1, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=_generator(2))  # no natural zeros
+    (crop,) = build_augmentations({"crop": {"padding": 4}})
+    out, _ = crop(x, torch.zeros(16, 10), _generator())
+    assert out.dtype == torch.uint8
+    # Our crop draws 2B shifts in [-4, 4] (rows, then columns); torchvision's window of the padded
+    # image starts at shift + 4.
+    shift = torch.randint(9, (32,), generator=_generator()) - 4
+    tops = iter(zip((shift[:16] + 4).tolist(), (shift[16:] + 4).tolist()))
+    monkeypatch.setattr(T.RandomCrop, "get_params", staticmethod(lambda img, size: (*next(tops), *size)))
+    reference = T.RandomCrop(32, padding=4)
+    for image, window in zip(x, out):
+        assert torch.equal(reference(image), window)
+    zero_share = (out == 0).float().mean().item()
+    assert 0.05 < zero_share < 0.25  # ~13.5% on average: the black border the reflect mode never had
 
 
 def test_flip_mirrors_some_images_and_keeps_the_rest():
@@ -88,8 +108,37 @@ def test_same_generator_state_gives_the_same_batch():
     assert not torch.equal(run(5)[0], run(6)[0])
 
 
+def test_strong_augmentation_is_seeded_by_the_run_generator_and_keeps_pixels_in_range():
+    """The orthogonal projection's retraining: rotation, affine, colour jitter (kornia), cutmix half the time."""
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=_generator(1))
+    y = torch.nn.functional.one_hot(torch.arange(8) % 4, 4).float()
+    augs = build_augmentations({"rotate": {"degrees": 10}, "affine": {"shear": 10, "scale": [0.8, 1.2]},
+                                "color-jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2}})
+
+    def run(seed):
+        g, out = _generator(seed), x
+        torch.manual_seed(123)  # the global RNG must not matter
+        for a in augs:
+            out, _ = a(out, y, g)
+        return out
+
+    first = run(5)
+    assert first.dtype == torch.float32 and first.shape == x.shape
+    assert 0 <= first.min() and first.max() <= 255
+    assert torch.equal(first, run(5)) and not torch.equal(first, run(6))
+    (rotate,) = build_augmentations({"rotate": {"degrees": 10}})
+    rotated, _ = rotate(x + 1, y, _generator())  # no natural zeros: the zeros are the rotated-in corners
+    assert rotated.dtype == torch.uint8 and (rotated == 0).any()
+    assert set(rotated.unique().tolist()) <= set((x + 1).unique().tolist()) | {0}  # nearest: no new values
+    (cutmix,) = build_augmentations({"cutmix": {"alpha": 1.0, "p": 0.5}})
+    mixed = [not torch.equal(cutmix(x, y, g)[1], y) for g in [_generator()] for _ in range(40)]
+    assert 10 < sum(mixed) < 30
+
+
 @pytest.mark.parametrize("spec,match", [
-    ({"rotate": {}}, "unknown augmentation 'rotate'; known augmentations: crop, cutmix"),
+    ({"shear": {}}, "unknown augmentation 'shear'; known augmentations: affine, color-jitter, crop"),
+    ({"cutmix": {"p": 1.5}}, r"cutmix.p must lie in \[0, 1\]"),
+    ({"affine": {"scale": [1.2, 0.8]}}, "affine.scale must be"),
     ({"crop": {"padding": -1}}, "crop.padding must be >= 0"),
     ({"cutout": {"length": 3}}, "unknown option.*length.*allowed: size"),
     ({"mixup": {"alpha": 0}}, "mixup.alpha must be > 0"),

@@ -20,7 +20,11 @@ p = 0.5; plasma contrast roughness (0.3, 0.7), p = 0.5; channel shuffle
 p = 0.5; kornia's TrivialAugment with its defaults. The repository trains
 the max over copies for the first 50-60 of 200 epochs and one copy
 (UEraser-Lite) after: ``adversarial_epochs`` (default: every epoch), and
-``repeats=1`` is UEraser-Lite throughout. Its training script augments each
+``repeats=1`` is UEraser-Lite throughout. The defaults are lafeat/ueraser's
+(plasma p = 0.5). APBench (lafeat/apbench, ``defense/ueraser.py``) applies
+both plasma transforms always: ``plasma_p: 1.0`` is its policy. Its JPEG
+variant for AR and TAP poisons (a random-quality JPEG first, plasma p = 0.8)
+is not offered here. Its training script augments each
 copy by a separate call, so each copy gets its own TrivialAugment operation
 (kornia picks one a call); so do we, then forward all copies as one batch.
 
@@ -37,10 +41,11 @@ from torch import nn
 
 from poisonlab.defenses.base import DEFENSES, check_positive
 from poisonlab.registry import ConfigError
-from poisonlab.training.augment import AUGMENTATIONS
+from poisonlab.training.augment import AUGMENTATIONS, seeded_global_rng
 from poisonlab.training.procedure import EpochContext, Objective, TrainingDefense, soft_cross_entropy
 
 UERASER_REPEATS = 5
+UERASER_PLASMA_P = 0.5  # lafeat/ueraser's; APBench's is 1.0
 
 
 def _check_count(defense: str, option: str, value: int) -> None:
@@ -75,13 +80,13 @@ def mixup(*, alpha: float = 1.0) -> TrainingDefense:
 # ---------------------------------------------------------------- UEraser
 
 
-def ueraser_policy() -> nn.Module:
-    """The repository's augmentation policy, on float images in [0, 1]."""
+def ueraser_policy(plasma_p: float = UERASER_PLASMA_P) -> nn.Module:
+    """The repository's augmentation policy, on float images in [0, 1]; plasma with probability ``plasma_p``."""
     import kornia.augmentation as K  # here: importing kornia takes seconds and only UEraser needs it
 
     return nn.Sequential(
-        K.RandomPlasmaBrightness(roughness=(0.3, 0.7), intensity=(0.5, 1.0), p=0.5, keepdim=True),
-        K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=0.5, keepdim=True),
+        K.RandomPlasmaBrightness(roughness=(0.3, 0.7), intensity=(0.5, 1.0), p=plasma_p, keepdim=True),
+        K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=plasma_p, keepdim=True),
         K.RandomChannelShuffle(p=0.5, keepdim=True),
         K.auto.TrivialAugment(),
     )
@@ -89,12 +94,9 @@ def ueraser_policy() -> nn.Module:
 
 def augmented_copies(policy: nn.Module, x: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
     """``copies`` independently augmented copies of the raw batch, copy-major: (copies·B, C, H, W) in [0, 255]."""
-    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
     images = x.float() / 255
-    devices = [x.device] if x.device.type == "cuda" else []
     # Full precision: the training step's bf16 autocast must not round the augmented pixels.
-    with torch.random.fork_rng(devices=devices), torch.autocast(x.device.type, enabled=False):
-        torch.manual_seed(seed)
+    with seeded_global_rng(generator, x.device), torch.autocast(x.device.type, enabled=False):
         out = torch.cat([policy(images) for _ in range(copies)])
     return out.mul_(255)
 
@@ -115,9 +117,14 @@ def max_over_copies_objective(policy: nn.Module, repeats: int, copies_now: dict[
 
 
 @DEFENSES.register("ueraser")
-def ueraser(*, repeats: int = UERASER_REPEATS, adversarial_epochs: int | None = None) -> TrainingDefense:
-    """Train on the worst of ``repeats`` (5) augmented copies per image; one copy after ``adversarial_epochs``."""
+def ueraser(*, repeats: int = UERASER_REPEATS, adversarial_epochs: int | None = None,
+            plasma_p: float = UERASER_PLASMA_P) -> TrainingDefense:
+    """Train on the worst of ``repeats`` (5) augmented copies per image; one copy after ``adversarial_epochs``.
+
+    ``plasma_p``: probability of each plasma transform, 0.5 as lafeat/ueraser, 1.0 as APBench.
+    """
     _check_count("ueraser", "repeats", repeats)
+    check_positive("ueraser", "plasma_p", plasma_p, maximum=1.0)
     if adversarial_epochs is not None:
         _check_count("ueraser", "adversarial_epochs", adversarial_epochs)
     copies_now: dict[str, int] = {}
@@ -125,5 +132,5 @@ def ueraser(*, repeats: int = UERASER_REPEATS, adversarial_epochs: int | None = 
     def switch_to_one_copy(context: EpochContext) -> None:
         copies_now["copies"] = repeats if context.epoch <= adversarial_epochs else 1
 
-    return TrainingDefense(objective=max_over_copies_objective(ueraser_policy(), repeats, copies_now),
+    return TrainingDefense(objective=max_over_copies_objective(ueraser_policy(plasma_p), repeats, copies_now),
                            on_epoch_start=None if adversarial_epochs is None else switch_to_one_copy)

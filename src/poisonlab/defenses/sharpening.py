@@ -26,13 +26,15 @@ from the paper and its public repository (``augments.py`` / README):
   recipe, not part of the defense.
 
 "Crop restores size", read exactly: the repository feeds the (H−2)×(W−2)
-result to torchvision's ``RandomCrop(32, padding=4)``, which zero-pads it and
-cuts a 32×32 window, so the size comes back with a black border at least 2 px
-wide in total per axis. Our transforms must return the input's size (the
-recipe's crop keeps size and the test images are H×W), so the sharpened (and
-filtered) image is zero-padded by 1 px on each side: the centred one of the
-original's windows, black border included; the recipe's crop then adds the
-random shift.
+result to torchvision's ``RandomCrop(32, padding=4)``, which zero-pads it by 4
+and cuts a 32×32 window: the 30×30 image lands at a top-left offset uniform in
+−2…4 on each axis, on black. Our transforms must return the input's size (the
+test images are H×W), so the sharpened (and filtered) image is zero-padded by
+1 px on each side, and the defense turns the recipe's crop of padding p into a
+zero-fill crop of padding p − 1 (``recipe_augment``): offsets 1 + (−3…3) =
+−2…4 for p = 4, the original's, window for window. (Padding 1 px and then the
+recipe's ±4 gave −3…5, two offsets the original never draws.) A recipe without
+a crop leaves the image centred.
 
 The DCT is a matrix product: keeping the lowest k coefficients of an
 orthonormal DCT-II ``D`` and inverting is the projection ``P = D[:k]ᵀ D[:k]``,
@@ -151,6 +153,18 @@ def low_pass_transform(keep: float) -> Augmentation:
     return apply
 
 
+def smaller_image_crop(spec: dict[str, dict]) -> dict[str, dict]:
+    """The recipe's crop of padding p → zero-fill padding p − 1, for the 1-px-bordered sharpened image."""
+    if "crop" not in spec:
+        return spec
+    options = spec["crop"]
+    return {**spec, "crop": {**options, "padding": max(options.get("padding", 4) - 1, 0), "mode": "constant"}}
+
+
+def sharpening_defense(sample_taps: TapSampler, keep: float | None) -> TrainingDefense:
+    return TrainingDefense(transforms=[sharpening_transform(sample_taps, keep)], recipe_augment=smaller_image_crop)
+
+
 def _check_center(defense: str, center: float) -> None:
     if isinstance(center, bool) or not isinstance(center, (int, float)) or not center >= 1:
         raise ConfigError(f"defense '{defense}': center must be >= 1 (1 leaves images as they are, below 1 the "
@@ -165,7 +179,7 @@ def _check_keep(defense: str, keep: float) -> None:
 def ssk(*, center: float = SHARP_CENTER) -> TrainingDefense:
     """Fixed sharpening kernel, centre ``center`` (2.5), neighbours −(center − 1)/4."""
     _check_center("ssk", center)
-    return TrainingDefense(transforms=[sharpening_transform(fixed_taps(center), keep=None)])
+    return sharpening_defense(fixed_taps(center), keep=None)
 
 
 @DEFENSES.register("rsk")
@@ -173,7 +187,7 @@ def rsk(*, center: float = SHARP_CENTER, std: float = KERNEL_STD) -> TrainingDef
     """A random kernel per image: centre c ~ N(``center`` 2.5, ``std`` 0.1), neighbours −N((c − 1)/4, std)."""
     _check_center("rsk", center)
     check_positive("rsk", "std", std)
-    return TrainingDefense(transforms=[sharpening_transform(random_taps(center, std), keep=None)])
+    return sharpening_defense(random_taps(center, std), keep=None)
 
 
 @DEFENSES.register("ff")
@@ -188,7 +202,7 @@ def ssk_ff(*, center: float = SHARP_CENTER, keep: float = FF_KEEP) -> TrainingDe
     """SSK, then FF on the sharpened image."""
     _check_center("ssk-ff", center)
     _check_keep("ssk-ff", keep)
-    return TrainingDefense(transforms=[sharpening_transform(fixed_taps(center), keep)])
+    return sharpening_defense(fixed_taps(center), keep)
 
 
 @DEFENSES.register("rsk-ff")
@@ -197,4 +211,4 @@ def rsk_ff(*, center: float = SHARP_CENTER, std: float = KERNEL_STD, keep: float
     _check_center("rsk-ff", center)
     check_positive("rsk-ff", "std", std)
     _check_keep("rsk-ff", keep)
-    return TrainingDefense(transforms=[sharpening_transform(random_taps(center, std), keep)])
+    return sharpening_defense(random_taps(center, std), keep)

@@ -12,9 +12,17 @@ A poison is a function registered under its DESIGN.md name::
 caller (the only source of randomness a poison may use, so a seed fixes the
 output byte for byte), and the keyword options are the poison's budget and
 settings from config. It returns the poisoned images, same shape, in [0, 1].
-``apply_poison`` does the rest once for every poison: quantises to uint8 as the
-originals save them, measures each image's perturbation (L2 and L∞ in [0, 1]
-units) and writes the container.
+``apply_poison`` does the rest once for every poison: quantises to uint8,
+measures each image's perturbation (L2 and L∞ in [0, 1] units) and writes the
+container.
+
+Quantisation follows each original's saving code. ``apply_poison`` rounds to
+the nearest of the 256 levels: the AR original rounds (half up; a tie never
+occurs in practice), OPS's pixels are whole levels already, and the L∞ poisons
+are on the grid up to float error. The CUDA and LSP originals instead cast
+x·255 to uint8, which truncates: those poisons return
+``floor_to_levels(x)``, already on the grid, so the rounding keeps their floor
+(about half of the values one level below the rounded ones).
 """
 
 from __future__ import annotations
@@ -43,6 +51,11 @@ def clean(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, gener
 def to_float(x: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(x)).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+def floor_to_levels(x: torch.Tensor) -> torch.Tensor:
+    """floor(x·255)/255 of x clamped to [0, 1]: what a uint8 cast of x·255 stores, as the CUDA and LSP originals."""
+    return x.clamp(0, 1).mul(255).floor_().div_(255)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,10 @@ Settings from the paper: CIFAR k = 3, p_b = 0.3 (the defaults); ImageNet-100
 k = 9, p_b = 0.06. (torch's conv2d is a cross-correlation, as used here: for a
 random filter the same thing.)
 
+Stored as the original stores it (``final_filter_unlearnable.py``: x·255
+assigned into the uint8 CIFAR array, a truncation): floor(x·255), not the
+nearest level.
+
 Chosen where the paper is silent: the maximum is taken over the whole image
 (all channels), so colour balance survives; an all-black image (maximum 0)
 stays black instead of dividing by zero.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from poisonlab.poisons.base import POISONS, check_budget, single_thread
+from poisonlab.poisons.base import POISONS, check_budget, floor_to_levels, single_thread
 from poisonlab.registry import ConfigError
 
 CHUNK = 256  # images blurred at a time: ~3 MB of CIFAR, in cache
@@ -71,4 +75,5 @@ def cuda(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, genera
                           f"ImageNet-100); got {kernel_size!r}")
     check_budget("cuda", "blur_parameter", blur_parameter, maximum=1.0)
     filters = cuda_filters(num_classes, kernel_size, blur_parameter, generator)
-    return convolve_classwise(images, labels, filters)  # in [0, 1]: non-negative, divided by its maximum
+    # In [0, 1] (non-negative, divided by its maximum), then floored to the uint8 grid as the original saves it.
+    return floor_to_levels(convolve_classwise(images, labels, filters))

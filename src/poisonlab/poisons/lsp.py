@@ -17,6 +17,10 @@ over every entry, ε = sqrt(H·W·C)·6/255 = 1.3041 on 32×32×3 images (their
 ``comput_l2norm_lim(6/255, 3072)``); it is the default here. The same rule gives
 ε = 9.13 for ImageNet-100 at 224×224 (patch 32 in the APBench port).
 
+Stored as the original stores it (``synthetic_perturbations/cifar_train.py``:
+``np.clip(x·255, 0, 255).astype(np.uint8)``, a truncation): floor(x·255), not
+the nearest level.
+
 Each image gets its own point from its class's cluster, as in the original: the
 perturbations differ within a class but the clusters are far apart, so they are
 linearly separable by class, which is what the attack relies on. The generator
@@ -34,7 +38,7 @@ import math
 
 import torch
 
-from poisonlab.poisons.base import POISONS, check_budget
+from poisonlab.poisons.base import POISONS, check_budget, floor_to_levels
 from poisonlab.registry import ConfigError
 
 # The authors' L2 budget on CIFAR: an L∞ of 6/255 spread over 32·32·3 entries.
@@ -102,5 +106,5 @@ def lsp(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generat
     check_budget("lsp", "epsilon", epsilon)
     delta = lsp_perturbation(labels, images.shape, num_classes=num_classes, generator=generator,
                              patch_size=patch_size, epsilon=epsilon)
-    return delta.to(images.device).add_(images).clamp_(0, 1)
+    return floor_to_levels(delta.to(images.device).add_(images))  # clamped, floored as the original saves it
 

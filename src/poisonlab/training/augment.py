@@ -2,18 +2,41 @@
 
 Each augmentation takes a raw batch ``x`` (B, C, H, W) of pixel values in
 [0, 255] — uint8, or float16 for sanitized data — soft targets ``y`` (B, K)
-and the run's ``torch.Generator``, and returns both, changed. Geometric ones
+— or (B, K, H, W) for segmentation, which crop, flip and cutmix move with the
+pixels — and the run's ``torch.Generator``, and returns both, changed. Geometric ones
 keep the dtype, so crops and flips move bytes, not floats; mixing ones
 return float32. Randomness comes only from that generator, so a seed fixes every
 crop and mix and a checkpoint of the generator's state resumes them exactly.
-We write these few ops ourselves instead of using kornia's augmentation
-modules because those draw from the global RNG, which a resumed run could
-not replay, and because the crop below is one gather for the whole batch.
+We write the crop, flip, cutout and mixes ourselves instead of using kornia's
+modules because those draw from the global RNG, which a resumed run could not
+replay, and because the crop below is one gather for the whole batch. The
+rotation, affine and colour jitter of strong augmentation are kornia's, run
+inside ``seeded_global_rng`` so that the run's generator still fixes them.
+
+Defaults, and where they come from:
+
+- ``crop``: the originals of every paper here — AR (``lightning_modules``),
+  CUDA, cuda-sharpening, learn-from-unlearnable (``constants.py``), ISS and
+  APBench — crop with torchvision's ``RandomCrop(32, padding=4)``, whose
+  ``padding_mode`` is ``constant`` with fill 0: the shifted-in border is black
+  (13.5% of the pixels of a CIFAR batch). ``mode: constant`` is therefore the
+  default; ``reflect`` and ``replicate`` remain options.
+- ``rotate``, ``affine``, ``color-jitter``: the strong augmentation of the
+  orthogonal projection's retraining (learn-from-unlearnable,
+  ``orthogonal_projection_step_2.py``): torchvision's ``RandomRotation(10)``,
+  ``RandomAffine(0, shear=10, scale=(0.8, 1.2))`` — both nearest-neighbour,
+  zero fill, applied to every image — and ``ColorJitter(0.2, 0.2, 0.2)``,
+  which clamps to the pixel range; here kornia's equivalents, each image with
+  its own draw.
+- ``cutmix``: ``p`` is the chance that a batch is mixed at all; the
+  projection's retraining uses β = 1, p = 0.5 (its ``--beta`` and
+  ``--cutmix_prob``), the AR paper's CutMix defense every batch (p = 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -66,9 +89,10 @@ _BORDERS = {
 
 
 @AUGMENTATIONS.register("crop")
-def random_crop(*, padding: int = 4, mode: str = "reflect") -> Augmentation:
+def random_crop(*, padding: int = 4, mode: str = "constant") -> Augmentation:
     """Random crop of the image padded by ``padding`` px on each side, as one gather for the batch.
 
+    ``constant`` pads with zeros, as torchvision's ``RandomCrop(32, padding=4)`` of the originals.
     No padded copy is made: each image's shifted rows and columns are index arithmetic
     on the batch itself, in whatever dtype it has (uint8 stays uint8).
     """
@@ -85,9 +109,13 @@ def random_crop(*, padding: int = 4, mode: str = "reflect") -> Augmentation:
         # Two 1-D gathers (rows, then columns): 3× faster on the CPU than one 4-index gather.
         out = x.gather(2, _BORDERS[mode](rows, h)[:, None, :, None].expand(b, c, h, w))
         out = out.gather(3, _BORDERS[mode](cols, w)[:, None, None, :].expand(b, c, h, w))
+        outside = ((rows < 0) | (rows >= h))[:, None, :, None] | ((cols < 0) | (cols >= w))[:, None, None, :]
         if mode == "constant":
-            outside = ((rows < 0) | (rows >= h))[:, None, :, None] | ((cols < 0) | (cols >= w))[:, None, None, :]
             out = out.masked_fill(outside, 0)
+        if y.dim() == 4:  # a segmentation target (B, K, H, W) moves with its image; shifted-in pixels have no label
+            k = y.shape[1]
+            y = y.gather(2, _BORDERS[mode](rows, h)[:, None, :, None].expand(b, k, h, w))
+            y = y.gather(3, _BORDERS[mode](cols, w)[:, None, None, :].expand(b, k, h, w)).masked_fill(outside, 0)
         return out, y
 
     return apply
@@ -99,6 +127,8 @@ def random_flip(*, p: float = 0.5) -> Augmentation:
 
     def apply(x, y, generator):
         flip = _uniform(len(x), generator, x.device) < p
+        if y.dim() == 4:  # a segmentation target (B, K, H, W) is mirrored with its image
+            y = torch.where(flip[:, None, None, None], y.flip(-1), y)
         return torch.where(flip[:, None, None, None], x.flip(-1), x), y
 
     return apply
@@ -132,12 +162,19 @@ def mixup(*, alpha: float = 1.0) -> Augmentation:
 
 
 @AUGMENTATIONS.register("cutmix")
-def cutmix(*, alpha: float = 1.0) -> Augmentation:
-    """Paste a box from a permuted batch; targets weighted by the pasted area (Yun et al.)."""
+def cutmix(*, alpha: float = 1.0, p: float = 1.0) -> Augmentation:
+    """Paste a box from a permuted batch; targets weighted by the pasted area (Yun et al.).
+
+    With probability ``p`` a batch (one draw a batch, as the originals); p = 1 mixes every batch
+    without drawing, so runs made before ``p`` existed replay the same generator stream.
+    """
     if alpha <= 0:
         raise ConfigError(f"cutmix.alpha must be > 0; got {alpha}")
+    _check_probability("cutmix", p)
 
     def apply(x, y, generator):
+        if p < 1 and not _uniform(1, generator, x.device).item() < p:
+            return x, y
         b, _, h, w = x.shape
         lam = _beta(alpha, generator)
         cut = (1.0 - lam) ** 0.5
@@ -145,10 +182,93 @@ def cutmix(*, alpha: float = 1.0) -> Augmentation:
         size_w = torch.full((b,), int(w * cut), device=x.device)
         perm = torch.randperm(b, generator=generator, device=generator.device).to(x.device)
         box = _box_mask(size_h, size_w, x.shape, generator)
+        if y.dim() == 4:  # segmentation: each pasted pixel brings its own label
+            return torch.where(box, x[perm], x), torch.where(box, y[perm], y)
         pasted_fraction = box.flatten(1).float().mean(1, keepdim=True)
         return torch.where(box, x[perm], x), (1 - pasted_fraction) * y + pasted_fraction * y[perm]
 
     return apply
+
+
+# ---------------------------------------------------------------- kornia's, for strong augmentation
+
+
+def _check_probability(name: str, p: float) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ConfigError(f"{name}.p must lie in [0, 1]; got {p!r}")
+
+
+@contextlib.contextmanager
+def seeded_global_rng(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Inside the block torch's global RNG is seeded by one draw from ``generator``, and restored after.
+
+    kornia samples its parameters from the global RNG; this keeps the run's generator the only
+    source of randomness (a seed fixes every draw, a resumed run replays them) and leaves the
+    global state as it was.
+    """
+    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _kornia(module_factory: Callable[[], torch.nn.Module], *, keep_dtype: bool) -> Augmentation:
+    """A kornia augmentation on the [0, 255] batch: scaled to [0, 1] for it, in float32, and back.
+
+    ``keep_dtype``: geometric ones with nearest-neighbour sampling only move pixels, so a uint8
+    batch stays uint8; colour ones return float32.
+    """
+    module = module_factory()
+
+    def apply(x, y, generator):
+        if keep_dtype and y.dim() != 2:  # kornia moves the image alone: a label map would no longer match it
+            raise ConfigError("rotate and affine take class labels only, not segmentation maps")
+        # Full precision: the training step's bf16 autocast must not round the pixels.
+        with seeded_global_rng(generator, x.device), torch.autocast(x.device.type, enabled=False):
+            out = module(x.float() / 255).mul_(255)
+        return (out.round_().to(x.dtype) if keep_dtype and x.dtype == torch.uint8 else out), y
+
+    return apply
+
+
+@AUGMENTATIONS.register("rotate")
+def random_rotation(*, degrees: float = 10.0) -> Augmentation:
+    """Rotate each image by an angle U(−degrees, degrees), nearest neighbour, zero fill (RandomRotation)."""
+    if not degrees > 0:
+        raise ConfigError(f"rotate.degrees must be > 0; got {degrees}")
+    import kornia.augmentation as K  # here: importing kornia takes seconds and few recipes rotate
+
+    return _kornia(lambda: K.RandomRotation(degrees, resample="nearest", p=1.0), keep_dtype=True)
+
+
+@AUGMENTATIONS.register("affine")
+def random_affine(*, degrees: float = 0.0, shear: float = 10.0, scale: tuple[float, float] = (0.8, 1.2)
+                  ) -> Augmentation:
+    """Affine map per image: rotation U(±degrees), x-shear U(±shear) degrees, isotropic scale U(scale).
+
+    As torchvision's ``RandomAffine(degrees, shear=shear, scale=scale)``: nearest neighbour, zero fill.
+    """
+    if degrees < 0 or shear < 0:
+        raise ConfigError(f"affine.degrees and affine.shear must be >= 0; got {degrees}, {shear}")
+    low, high = scale
+    if not 0 < low <= high:
+        raise ConfigError(f"affine.scale must be [low, high] with 0 < low <= high; got {list(scale)}")
+    import kornia.augmentation as K
+
+    return _kornia(lambda: K.RandomAffine(degrees, shear=shear or None, scale=(low, high), resample="nearest",
+                                          padding_mode="zeros", p=1.0), keep_dtype=True)
+
+
+@AUGMENTATIONS.register("color-jitter")
+def color_jitter(*, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.0
+                 ) -> Augmentation:
+    """Brightness, contrast, saturation and hue factors per image, in random order, clamped (ColorJitter)."""
+    if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
+        raise ConfigError("color-jitter: brightness, contrast and saturation must be >= 0 and hue in [0, 0.5]; "
+                          f"got {brightness}, {contrast}, {saturation}, {hue}")
+    import kornia.augmentation as K
+
+    return _kornia(lambda: K.ColorJitter(brightness, contrast, saturation, hue, p=1.0), keep_dtype=False)
 
 
 def build_augmentations(spec: dict[str, dict] | None) -> list[Augmentation]:

@@ -3,7 +3,8 @@
 A ``TrainingDefense`` changes training batch by batch, on the device:
 ``transforms`` run on each raw batch (pixel values in [0, 255]) before the
 recipe's own augmentations — the order of the cuda-sharpening paper, RSK → FF
-→ crop/flip; ``objective`` replaces the plain cross-entropy (adversarial
+→ crop/flip; ``recipe_augment`` may change the options of those augmentations
+(sharpening's smaller image needs a smaller crop padding); ``objective`` replaces the plain cross-entropy (adversarial
 training, UEraser's max over copies); ``on_epoch_start`` sees the model and
 optimizer before each epoch (PST's stages); ``state`` is saved in every
 checkpoint and restored on resume, so a killed run continues with the defense
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from poisonlab.training.augment import Augmentation
+from poisonlab.training.augment import Augmentation, build_augmentations
 
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 # (model, raw batch in [0, 255], soft targets (B, K), normalize, generator) → (mean loss, logits of the batch)
@@ -45,6 +46,13 @@ class TrainingDefense:
     objective: Objective | None = None
     on_epoch_start: Callable[[EpochContext], None] | None = None
     state: dict[str, Any] = field(default_factory=dict)  # tensors, numbers, lists: checkpointed with the run
+    # The recipe's augmentation spec ({name: options}) → the one to run after ``transforms``.
+    recipe_augment: Callable[[dict[str, dict]], dict[str, dict]] | None = None
+
+    def augmentations(self, recipe_augment: dict[str, dict]) -> list[Augmentation]:
+        """Every augmentation of a training batch, in order: the defense's transforms, then the recipe's."""
+        spec = self.recipe_augment(recipe_augment) if self.recipe_augment else recipe_augment
+        return [*self.transforms, *build_augmentations(spec)]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0,
