@@ -10,7 +10,7 @@ build one of those archs.
 from __future__ import annotations
 
 # Imported for their @MODELS.register side effects.
-from poisonlab.models import densenet, mobilenet, resnet, smallcnn, vgg, vit  # noqa: F401
+from poisonlab.models import densenet, mobilenet, resnet, resnet9, smallcnn, tinycnn, vgg, vit  # noqa: F401
 from poisonlab.models.base import MODELS, Classifier
 
 __all__ = ["MODELS", "Classifier", "build_model"]
