@@ -160,11 +160,15 @@ def _alive(tags: dict[str, str], slurm_jobs: set[str] | None) -> bool:
     return tags.get("poisonlab.host") == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
 
 
-def _resumable(run_name: str, run_id: str, results: Path | None) -> bool:
-    """Whether the run's folder (``results/runs/<run name>``) holds the checkpoint a rerun resumes it from."""
-    if results is None or not run_name:
+def _resumable(tags: dict[str, str], run_id: str, results: str | os.PathLike | None) -> bool:
+    """Whether the run's folder (named by its tags, as ``poisonlab.paths`` lays runs out) holds the
+    checkpoint and run id a rerun resumes it from."""
+    from poisonlab.paths import Paths
+
+    names = ("dataset", "poison", "defense", "arch", "recipe", "seed")
+    if results is None or any(name not in tags for name in names):
         return False
-    run_dir = results / "runs" / run_name
+    run_dir = Path(Paths(results=str(results)).run_dir(**{name: tags[name] for name in names}))
     id_file = run_dir / "mlflow_run_id"
     return (run_dir / "checkpoint.pt").exists() and id_file.exists() and id_file.read_text().strip() == run_id
 
@@ -183,12 +187,11 @@ def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
         return []
     running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000)
     slurm_jobs = _slurm_jobs() if any(run.data.tags.get("poisonlab.slurm_job_id") for run in running) else None
-    results = Path(results) if results is not None else None
     closed = []
     for run in running:
         if _alive(run.data.tags, slurm_jobs):
             continue
-        resumable = _resumable(run.info.run_name, run.info.run_id, results)
+        resumable = _resumable(run.data.tags, run.info.run_id, results)
         client.set_tag(run.info.run_id, "poisonlab.resumable", str(resumable).lower())
         client.set_terminated(run.info.run_id, status="KILLED")
         closed.append(run.info.run_id)
