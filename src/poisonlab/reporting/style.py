@@ -14,8 +14,9 @@ methods), by its registered name:
   within a kind.
 - A name not in ``STYLES`` (a new registry entry) still gets a fixed style,
   drawn from its name's hash, so it never changes from one figure to the next;
-  give it an entry here to make it distinct (``test_figures`` requires one for
-  every registered poison, defense and arch). ``jpeg-<q>`` is styled as ``jpeg``.
+  give it an entry here to make it distinct (``tests/test_style.py`` requires one
+  for every registered poison, defense, arch and attributor; add the other
+  registries as their papers land). ``jpeg-<q>`` is styled as ``jpeg``.
 
 The rest keeps figures legible at a glance: ``facets`` splits more than
 ``MAX_LINES`` lines into small multiples by family, ``place_labels`` labels
@@ -83,7 +84,11 @@ STYLES: dict[str, dict[str, Style]] = {
         "mnist5k": (GRAY, "o"), "cifar10": (BLUE, "s"), "cifar10-jpeg": (CYAN, "s"), "cifar100": (ORANGE, "^"),
         "svhn": (GREEN, "D"), "imagenet100": (RED, "v"), "stl10": (PURPLE, "P"),
     }),
-    "method": {},  # the new papers' methods: give each an entry as it is registered
+    # The new papers' methods, an entry each as it is registered: ssl-attribution's attributors so far.
+    "method": _styles({
+        "ssl-esvm": (BLUE, "o"), "ssl-knn": (CYAN, "s"), "pixel-knn": (PURPLE, "^"), "trak": (ORANGE, "D"),
+        "datamodels": (RED, "v"), "random": (GRAY, "X"),
+    }),
 }
 
 # Small-multiple panels: the poisons (defenses) a reader compares with each other, the reference beside each.
