@@ -81,6 +81,17 @@ class DeviceData:
         nhwc = x.permute(0, 2, 3, 1).float()
         return ((nhwc - self.mean.view(1, 1, 1, -1)) / self.std.view(1, 1, 1, -1)).permute(0, 3, 1, 2)
 
+    def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels (N,) → targets (N, K); label maps (N, H, W) → (N, K, H, W) for segmentation.
+
+        A map's label outside [0, K) — the ignore label, 255 in VOC and Cityscapes — gets an all-zero
+        target, which adds nothing to a cross-entropy against soft targets.
+        """
+        if labels.dim() == 1:
+            return F.one_hot(labels, self.num_classes).float()
+        known = labels.where(labels < self.num_classes, self.num_classes)
+        return F.one_hot(known, self.num_classes + 1)[..., :-1].movedim(-1, 1).float()
+
     def training_batches(self, batch_size: int, augmentations: list[Augmentation], generator: torch.Generator
                          ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch of (augmented raw images in [0, 255], soft targets, labels) in a seeded order.
@@ -90,9 +101,11 @@ class DeviceData:
         """
         for batch in shuffled_batches(len(self.x_train), batch_size, generator, self.x_train.device):
             x, labels = self.x_train[batch], self.y_train[batch]
-            targets = F.one_hot(labels, self.num_classes).float()
+            targets = self.one_hot(labels)
             for augment in augmentations:
                 x, targets = augment(x, targets, generator)
+            if labels.dim() > 1:  # a map moved with its crop and flip: score against where it went
+                labels = targets.argmax(1).where(targets.amax(1) > 0, self.num_classes)
             yield x, targets, labels
 
 
@@ -122,14 +135,29 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def evaluate(model: torch.nn.Module, data: DeviceData, batch_size: int, precision: str = "auto") -> float:
-    """Test accuracy in percent, at the ``precision`` the model was trained with (a recipe's)."""
+    """Test accuracy in percent, at the ``precision`` the model was trained with (a recipe's).
+
+    For label maps, the pixel accuracy over every pixel whose label is a class (not the ignore label).
+    """
     model.eval()
-    correct = 0
+    correct = counted = 0
     with torch.no_grad(), autocast(data.x_test.device, precision):
         for start in range(0, len(data.x_test), batch_size):
             x = data.normalize(data.x_test[start:start + batch_size])
-            correct += (model(x).argmax(1) == data.y_test[start:start + batch_size]).sum().item()
-    return 100.0 * correct / len(data.x_test)
+            labels = data.y_test[start:start + batch_size]
+            known = labels < data.num_classes
+            correct += ((model(x).argmax(1) == labels) & known).sum().item()
+            counted += known.sum().item()
+    return 100.0 * correct / counted
+
+
+def accuracy_metric(model: torch.nn.Module, data: DeviceData, batch_size: int, precision: str) -> dict[str, float]:
+    """``fit``'s default test metric: ``evaluate``'s accuracy, recorded as ``test_acc``."""
+    return {"test_acc": evaluate(model, data, batch_size, precision)}
+
+
+# (model, data, eval batch size, precision) → the epoch's test metrics; ``test_acc`` among them.
+Metric = Callable[[torch.nn.Module, DeviceData, int, str], dict[str, float]]
 
 
 def fit(
@@ -145,6 +173,7 @@ def fit(
     defense: TrainingDefense | None = None,
     weights_dir: str | os.PathLike | None = None,
     keep_weights_every: int = 1,
+    metric: Metric = accuracy_metric,
 ) -> TrainResult:
     """Train ``model`` (already on ``data``'s device) by ``recipe``; resume from ``checkpoint_path`` if present.
 
@@ -153,7 +182,8 @@ def fit(
     training starts over, never mixing the two runs.
     ``defense`` is a training-time defense (transforms, objective, per-epoch hook). With
     ``weights_dir``, the model's weights after every ``keep_weights_every``-th epoch and the last
-    are kept as ``epochNNN.pt`` there, for evaluations over training (DFR).
+    are kept as ``epochNNN.pt`` there, for evaluations over training (DFR). ``metric`` scores the test
+    set after every epoch (segmentation: pixel accuracy as ``test_acc``, and mIoU).
     """
     defense = defense or TrainingDefense()
     objective = defense.objective or plain_objective(recipe.label_smoothing)
@@ -190,18 +220,21 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        counted = torch.zeros((), device=device)  # labels scored: one an image, or a map's known pixels
         for x, targets, labels in data.training_batches(recipe.batch_size, augmentations, generator):
             with autocast(device, precision):
                 loss, logits = objective(model, x, targets, data.normalize, generator)
             train_step(loss, optimizer, scheduler, recipe.grad_clip)
             loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
+            known = labels < data.num_classes
+            correct += ((logits.argmax(1) == labels) & known).sum()
+            counted += known.sum()
 
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / len(data.x_train),
-            "train_acc": 100.0 * correct.item() / len(data.x_train),
-            "test_acc": evaluate(model, data, recipe.eval_batch_size, precision),
+            "train_acc": 100.0 * correct.item() / counted.item(),
+            **metric(model, data, recipe.eval_batch_size, precision),
             "seconds": time.perf_counter() - epoch_started,
         }
         history.append(row)
