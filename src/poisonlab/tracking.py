@@ -18,9 +18,10 @@ Run states follow the DAG, so the UI shows one live run per cell:
   ``squeue``) is closed, since a live run wrongly closed is set FINISHED by its
   own end anyway, while a dead run left open stays RUNNING for ever.
 - A killed run whose folder still holds ``checkpoint.pt`` and its id in
-  ``mlflow_run_id`` is KILLED too, tagged ``poisonlab.resumable``: the rerun of
-  its cell resumes into it (``training.run``), which sets it RUNNING again and
-  FINISHED at its end. Its checkpoint gone, the rerun starts a new run and the
+  ``mlflow_run_id`` is KILLED too (nothing runs it until its cell is rerun, which
+  this DAG may not do), tagged ``poisonlab.resumable=true``: the rerun of its
+  cell resumes into it (``training.run``), which sets it RUNNING again, drops
+  the tag and ends it FINISHED. Its checkpoint gone, the rerun starts a new run and the
   killed one stays KILLED. After a kill and a rerun, each cell therefore has one
   FINISHED run and any others KILLED.
 """
@@ -160,17 +161,13 @@ def _alive(tags: dict[str, str], slurm_jobs: set[str] | None) -> bool:
     return tags.get("poisonlab.host") == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
 
 
-def _resumable(tags: dict[str, str], run_id: str, results: str | os.PathLike | None) -> bool:
-    """Whether the run's folder (named by its tags, as ``poisonlab.paths`` lays runs out) holds the
-    checkpoint and run id a rerun resumes it from."""
-    from poisonlab.paths import Paths
-
-    names = ("dataset", "poison", "defense", "arch", "recipe", "seed")
-    if results is None or any(name not in tags for name in names):
-        return False
-    run_dir = Path(Paths(results=str(results)).run_dir(**{name: tags[name] for name in names}))
-    id_file = run_dir / "mlflow_run_id"
-    return (run_dir / "checkpoint.pt").exists() and id_file.exists() and id_file.read_text().strip() == run_id
+def _resumable_ids(results: str | os.PathLike | None) -> set[str]:
+    """Ids of the runs a rerun resumes: each folder under ``results`` holding ``checkpoint.pt`` names its run in
+    ``mlflow_run_id`` (the convention of every resumable run: training, segmentation, few-shot, SSL, editing)."""
+    if results is None:
+        return set()
+    return {id_file.read_text().strip() for id_file in Path(results).rglob("mlflow_run_id")
+            if (id_file.parent / "checkpoint.pt").exists()}
 
 
 def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
@@ -187,15 +184,12 @@ def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
         return []
     running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000)
     slurm_jobs = _slurm_jobs() if any(run.data.tags.get("poisonlab.slurm_job_id") for run in running) else None
-    closed = []
-    for run in running:
-        if _alive(run.data.tags, slurm_jobs):
-            continue
-        resumable = _resumable(run.data.tags, run.info.run_id, results)
-        client.set_tag(run.info.run_id, "poisonlab.resumable", str(resumable).lower())
-        client.set_terminated(run.info.run_id, status="KILLED")
-        closed.append(run.info.run_id)
-    return closed
+    stale = [run.info.run_id for run in running if not _alive(run.data.tags, slurm_jobs)]
+    resumable = _resumable_ids(results) if stale else set()  # a walk of the results: only when needed
+    for run_id in stale:
+        client.set_tag(run_id, "poisonlab.resumable", str(run_id in resumable).lower())
+        client.set_terminated(run_id, status="KILLED")
+    return stale
 
 
 # ---------------------------------------------------------------- one run
