@@ -1,0 +1,52 @@
+"""The JPEG sweep of one photo set: every immunizer × every quality, each cell beside its clean control.
+
+``jpeg_sweep`` is the whole experiment of the embedded and ``photos`` scales in one call (what a
+single DAG job runs, and what the timings in ``paper/jpeg-photoguard/README.md`` measure); the DAG
+may equally run its stages one a job — ``immunize.immunize_photos``, ``purify.jpeg_photos``,
+``metrics.cell_metrics`` — which is all this does. ``none`` (the clean photos) is always immunized
+too: its JPEG copies are the controls.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from poisonlab.editing.edits import Editor
+from poisonlab.editing.immunize import build_immunizer, immunize_photos
+from poisonlab.editing.metrics import cell_metrics, summarize
+from poisonlab.editing.photos import PhotoSet
+from poisonlab.editing.purify import QUALITIES, jpeg_photos
+
+NO_JPEG = "none"  # the quality column of the unpurified immunized photos
+
+
+def jpeg_sweep(photos: PhotoSet, model, editor: Editor, immunizers: dict[str, dict[str, Any]], *,
+               qualities: tuple[int, ...] = QUALITIES, seed: int = 0) -> tuple[list[dict[str, Any]], dict]:
+    """Records (one a cell: immunizer, quality, per-photo values, means ± std) and the image sets
+    (``{(immunizer, quality): PhotoSet}``, quality ``"none"`` before JPEG) for the figure."""
+    sets: dict[tuple[str, Any], PhotoSet] = {}
+    seconds: dict[str, float] = {}
+    for name, options in {"none": {}, **immunizers}.items():
+        started = time.perf_counter()
+        sets[name, NO_JPEG] = immunize_photos(photos, name, model, options=options, seed=seed)
+        seconds[name] = time.perf_counter() - started
+        for quality in qualities:
+            sets[name, quality] = jpeg_photos(sets[name, NO_JPEG], quality)
+
+    clean, masks = photos.tensor(), photos.mask_tensor()
+    prompts = None if photos.prompts is None else list(photos.prompts)
+    records = []
+    for name, options in immunizers.items():
+        targets = clean.roll(-1, 0) if build_immunizer(name, **options).targeted else None
+        for quality in (NO_JPEG, *qualities):
+            per_photo = cell_metrics(model, editor, clean=clean, immunized=sets[name, NO_JPEG].tensor(),
+                                     purified=sets[name, quality].tensor(), purified_clean=sets["none", quality].tensor(),
+                                     targets=targets, masks=masks, prompts=prompts)
+            records.append({"immunizer": name, "immunizer_options": options, "jpeg_quality": quality,
+                            "autoencoder": getattr(model, "name", "sd"), "editor": editor.name, "seed": seed,
+                            "photos": list(photos.names), "immunize_seconds": seconds[name],
+                            **summarize(per_photo), "per_photo": per_photo})
+    return records, sets
