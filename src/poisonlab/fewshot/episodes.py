@@ -65,11 +65,14 @@ class Episodes:
         return self.support.shape[0]
 
 
-def check_episode_shape(pool: ClassPool, *, way: int, shot: int, query: int) -> None:
-    """Raise ConfigError when ``pool`` cannot give an episode of this shape (before any job runs)."""
-    for field, value in (("way", way), ("shot", shot), ("query", query)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"episode {field} must be an integer >= 1; got {value!r}")
+def check_episode_shape(pool: ClassPool, *, way: int, shot: int, query: int, min_shot: int = 1) -> None:
+    """Raise ConfigError when ``pool`` cannot give an episode of this shape (before any job runs).
+
+    ``min_shot=0`` admits query-only episodes (the refinement's validation sets, whose prototypes are given).
+    """
+    for field, value, minimum in (("way", way, 1), ("shot", shot, min_shot), ("query", query, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"episode {field} must be an integer >= {minimum}; got {value!r}")
     if way > pool.num_classes:
         raise ConfigError(f"episode way {way} exceeds the {pool.num_classes} classes of the pool "
                           f"({', '.join(pool.classes)})")
@@ -82,7 +85,7 @@ def check_episode_shape(pool: ClassPool, *, way: int, shot: int, query: int) -> 
 def sample_episodes(pool: ClassPool, *, way: int, shot: int, query: int, episodes: int,
                     generator: torch.Generator) -> Episodes:
     """``episodes`` independent N-way K-shot Q-query episodes from ``pool``, drawn from ``generator``."""
-    check_episode_shape(pool, way=way, shot=shot, query=query)
+    check_episode_shape(pool, way=way, shot=shot, query=query, min_shot=0)
     device, draws = pool.images.device, generator.device
     classes = torch.rand(episodes, pool.num_classes, generator=generator, device=draws).argsort(1)[:, :way]
     classes = classes.to(device)

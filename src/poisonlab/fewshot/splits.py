@@ -139,7 +139,12 @@ class ClassPool:
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
         if pad_to is not None:
             x = _pad_to(x, pad_to)
-        y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        return cls.from_tensors(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device), classes)
+
+    @classmethod
+    def from_tensors(cls, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> ClassPool:
+        """NCHW images and labels 0..C-1 already on their device → a pool (images and labels are not copied)."""
+        device = x.device
         counts = torch.bincount(y, minlength=len(classes))
         if (counts == 0).any():
             empty = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
