@@ -121,8 +121,8 @@ def _clean_and_poisoned(clean: str | os.PathLike, poisoned: str | os.PathLike) -
 
 def _caption_of_images(data: ImageDataset, *, scale: str, what: str) -> str:
     poison = data.meta.get("poison", {})
-    return (f"{data.meta.get('dataset', '?')} ({scale} scale) · {what} · poison {poison.get('name', '?')} "
-            f"(seed {poison.get('seed', '?')}) · images only: no model, no epochs")
+    return (f"{data.meta.get('dataset', '?')} ({scale} scale) · poison {poison.get('name', '?')} "
+            f"(seed {poison.get('seed', '?')}) · {what} · images only: no model, no epochs")
 
 
 # ---------------------------------------------------------------- drawing helpers
