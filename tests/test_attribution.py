@@ -333,3 +333,31 @@ def test_simclr_loss_falls() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_a_user_checkpoint_stands_in_for_the_backbone(tmp_path) -> None:
+    from poisonlab.attribution.features import extract_features
+
+    ds = quadrant_dataset(n_train=32, n_test=8)
+    torch.manual_seed(0)
+    model = build_model("tinycnn", num_classes=4, in_channels=1, image_size=8)
+    torch.save(model.state_dict(), tmp_path / "model.pt")  # a classifier's model.pt: body.* and head.* keys
+    features = extract_features("classifier", ds, checkpoint=str(tmp_path / "model.pt"), arch="tinycnn", device="cpu")
+    assert features["train"].shape == (32, model.feature_dim)
+    with pytest.raises(ConfigError, match="arch"):
+        extract_features("ssl", ds, checkpoint=str(tmp_path / "model.pt"), device="cpu")
+    with pytest.raises(ConfigError, match="does not fit"):
+        extract_features("ssl", ds, checkpoint=str(tmp_path / "model.pt"), arch="smallcnn", device="cpu")
+
+
+def test_figures_draw_every_method() -> None:
+    from poisonlab.attribution.figures import lds_figure, neighbours_figure, support_cdf_figure
+
+    images = np.zeros((8, 8, 8, 1), np.uint8)
+    rows = {"ssl-esvm": (images, list("01234567")), "random": (images[:5], list("01234"))}
+    figure = neighbours_figure(images[0], "0", rows, caption="toy")
+    assert len(figure.axes) == 2 * 9
+    cdf = support_cdf_figure({"ssl-esvm": [50, 100, None], "random": [None, None, 400]}, max_k=400, kind="removal",
+                             caption="toy")
+    assert [t.get_text() for t in cdf.axes[0].get_legend().get_texts()] == ["ssl-esvm (2/3)", "random (1/3)"]
+    assert len(lds_figure({"ssl-esvm": [0.1, 0.2], "trak": [0.3, float("nan")]}, caption="toy").axes[0].patches) == 2

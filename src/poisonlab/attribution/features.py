@@ -51,9 +51,10 @@ def load_backbone(path: str | os.PathLike, *, arch: str | None = None, in_channe
             raise ConfigError(f"{path} is a plain state dict: give the backbone's arch, in_channels and image_size")
         state = {k.removeprefix("body."): v for k, v in stored.items() if not k.startswith("head.")}
     body = build_model(arch, num_classes=1, in_channels=in_channels, image_size=image_size).body
-    missing, unexpected = body.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{path} does not fit arch '{arch}': missing {missing[:3]}, unexpected {unexpected[:3]}")
+    try:
+        body.load_state_dict(state)
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+        raise ConfigError(f"{path} does not fit arch '{arch}': {str(error)[:300]}") from None
     return body, {"arch": arch, "mean": stored.get("mean"), "std": stored.get("std")}
 
 
