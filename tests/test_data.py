@@ -67,7 +67,8 @@ def mnist() -> ImageDataset:
 
 
 def test_registered_names():
-    assert DATASETS.names() == sorted(["mnist5k", "cifar10", "cifar10-jpeg", "cifar100", "svhn", "imagenet100"])
+    assert DATASETS.names() == sorted(["mnist5k", "cifar10", "cifar10-jpeg", "cifar100", "svhn", "imagenet100",
+                                       "stl10"])
 
 
 def test_mnist5k_shape_range_and_stratified_split(mnist):
@@ -200,7 +201,44 @@ def test_cifar10_archive_pickle_cannot_run_code(tmp_path):
         build_dataset("cifar10", options={"path": str(path), "md5": _md5(path)})
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def _stl10_archive(path: Path, train: int = 4, test: int = 3, drop: str = "") -> tuple[Path, np.ndarray, np.ndarray]:
+    """A stl10_binary.tar.gz in the official layout (no unlabelled images); returns the test bytes and labels."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for split, count in (("train", train), ("test", test)):
+        pixels = rng.integers(0, 256, count * 3 * 96 * 96, dtype=np.uint8)
+        labels = rng.integers(1, 11, count, dtype=np.uint8)  # stored 1..10
+        files[f"stl10_binary/{split}_X.bin"], files[f"stl10_binary/{split}_y.bin"] = pixels.tobytes(), labels.tobytes()
+    files["stl10_binary/class_names.txt"] = "\n".join(STL10_CLASSES).encode() + b"\n"
+    files.pop(f"stl10_binary/{drop}", None)
+    return _tarball(path, files), pixels, labels
+
+
+def test_stl10_official_archive_layout(tmp_path):
+    path, test_pixels, test_labels = _stl10_archive(tmp_path / "stl10_binary.tar.gz")
+    ds = build_dataset("stl10", options={"path": str(path), "md5": _md5(path)})
+    assert ds.x_train.shape == (4, 96, 96, 3) and ds.x_test.shape == (3, 96, 96, 3) and ds.x_test.dtype == np.uint8
+    assert list(ds.classes) == STL10_CLASSES and ds.source_checksum == f"md5:{_md5(path)}"
+    assert np.array_equal(ds.y_test, test_labels.astype(np.int64) - 1)
+    # Each image is three 96×96 planes stored column by column: byte n·27648 + c·9216 + column·96 + row.
+    n, row, column, channel = 2, 5, 70, 1
+    assert ds.x_test[n, row, column, channel] == test_pixels[n * 27648 + channel * 9216 + column * 96 + row]
+    assert np.array_equal(ds.x_test[1, :, :, 0], test_pixels[27648:27648 + 9216].reshape(96, 96).T)
+
+
+def test_stl10_archive_errors(tmp_path):
+    path, _, _ = _stl10_archive(tmp_path / "stl10_binary.tar.gz")
+    with pytest.raises(ConfigError, match=f"has md5 {_md5(path)}; expected 91f7769df0f17e558f3565bffb0c7dfb"):
+        build_dataset("stl10", options={"path": str(path)})
+    broken, _, _ = _stl10_archive(tmp_path / "broken.tar.gz", drop="test_y.bin")
+    with pytest.raises(ConfigError, match="lacks the file stl10_binary/test_y.bin"):
+        build_dataset("stl10", options={"path": str(broken), "md5": _md5(broken)})
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "stl10"])
 def test_torchvision_without_data_or_download(tmp_path, name):
     with pytest.raises(ConfigError, match=f"dataset '{name}': torchvision found no data in root=.*download=False"):
         build_dataset(name, options={"root": str(tmp_path), "download": False})

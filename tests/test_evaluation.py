@@ -12,7 +12,9 @@ import torch
 from conftest import quick_recipe
 from poisonlab.data.container import ImageDataset
 from poisonlab.evaluation import EVALUATIONS, IDENTITY_KEYS, evaluate_run
-from poisonlab.models import build_model
+from poisonlab.evaluation.dfr import retrain_head
+from poisonlab.evaluation.linsep import linear_training_accuracy
+from poisonlab.models import Classifier, build_model
 from poisonlab.poisons import apply_poison
 from poisonlab.registry import ConfigError
 from poisonlab.training import DeviceData, fit
@@ -73,7 +75,7 @@ def test_unknown_evaluation_and_options_are_rejected_before_the_run_is_read(tmp_
     absent = tmp_path / "no-run"
     with pytest.raises(ConfigError, match="unknown evaluation 'nope'; known evaluations: dfr, linsep, peak"):
         evaluate_run("nope", absent, training_data=absent, clean_data=absent)
-    with pytest.raises(ConfigError, match="got unknown option.*bogus; allowed: train_images, C, seed"):
+    with pytest.raises(ConfigError, match="got unknown option.*bogus; allowed: method, train_images, epochs, batch_size, lr, C, seed"):
         evaluate_run("dfr", absent, training_data=absent, clean_data=absent, options={"bogus": 1})
     with pytest.raises(ConfigError, match="has no metrics.json"):
         evaluate_run("peak", absent, training_data=absent, clean_data=absent)
@@ -83,8 +85,11 @@ def test_unknown_evaluation_and_options_are_rejected_before_the_run_is_read(tmp_
     ("peak", {"loss_threshold": 0}, "loss_threshold"),
     ("dfr", {"train_images": 0}, "train_images"),
     ("dfr", {"C": -1.0}, "C"),
+    ("dfr", {"method": "ridge"}, "method"),
+    ("dfr", {"epochs": 0}, "epochs"),
     ("linsep", {"max_images": 1.5}, "max_images"),
     ("linsep", {"max_iter": True}, "max_iter"),
+    ("linsep", {"steps": 0}, "steps"),
 ])
 def test_bad_option_values_name_the_field(tmp_path, name, options, field):
     run = write_run(tmp_path / "run", HISTORY)
@@ -151,6 +156,23 @@ def test_clean_poison_reports_the_majority_class_without_fitting(tmp_path, synth
     assert result["train_acc"] == result["train_acc_shuffled_labels"] == 25.0
 
 
+def test_linear_fit_separates_a_separable_toy_and_not_a_non_separable_one():
+    """The paper's fit (nn.Linear, full-batch LBFGS lr 0.5, 500 steps of 20 iterations) on two 2-D toys."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    # Separable: two blobs whose gap is far wider than their spread, so 100% is reachable and reached.
+    blobs = torch.randn(400, 2, generator=generator) * 0.3 + (4.0 * labels - 2.0)[:, None]
+    assert linear_training_accuracy(blobs, labels, num_classes=2) == 100.0
+    # XOR of the signs: no line gets more than 3 of the 4 quadrants right, and the symmetric logistic
+    # optimum sits near w = 0, so the fit stays far below what it reached on the blobs.
+    points = torch.rand(400, 2, generator=generator) * 2 - 1
+    xor = ((points[:, 0] > 0) ^ (points[:, 1] > 0)).long()
+    assert linear_training_accuracy(points, xor, num_classes=2) <= 76.0
+    # Same seed, same fit.
+    assert linear_training_accuracy(points, xor, num_classes=2, steps=5) == linear_training_accuracy(
+        points, xor, num_classes=2, steps=5)
+
+
 def test_linsep_refuses_containers_that_do_not_match(tmp_path, synthetic):
     shuffled = ImageDataset.load(synthetic["clean"])
     shuffled.y_train = np.roll(shuffled.y_train, 1)
@@ -169,6 +191,53 @@ def test_dfr_needs_kept_epochs_and_the_clean_test_set(tmp_path, synthetic):
         evaluate_run("dfr", run, training_data=synthetic["clean"], clean_data=synthetic["clean"])
     with pytest.raises(ConfigError, match="test set of .* differs"):
         evaluate_run("dfr", run, training_data=synthetic["other-test-set"], clean_data=synthetic["clean"])
+
+
+def _toy_classifier(dim: int = 6, classes: int = 3) -> Classifier:
+    """A body of a batch-norm alone, so the head sees features whose statistics train mode changes."""
+    torch.manual_seed(0)
+    return Classifier([("flatten", torch.nn.Flatten()), ("norm", torch.nn.BatchNorm1d(dim))], dim, classes)
+
+
+def test_dfr_lbfgs_fits_the_head_as_the_original_loop_and_moves_the_running_statistics():
+    """retrain_head against dfr_step_2.py's loop run literally: LBFGS lr 0.5 on model.head, the whole
+    model (batch-norm in train mode) recomputed in every closure call, one step a minibatch, 15 epochs."""
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(300) % 3
+    means = torch.randn(3, 6, generator=generator)  # overlapping classes: a finite optimum both fits reach
+    images = (means[labels] + torch.randn(300, 6, generator=generator) + 10).view(300, 6, 1, 1)
+    model, reference = _toy_classifier(), _toy_classifier()
+    reference.load_state_dict(model.state_dict())
+
+    retrain_head(model, lambda x: x.float(), images, labels, [], epochs=15, batch_size=1024, lr=0.5,
+                 generator=torch.Generator().manual_seed(0))
+
+    for parameter in reference.parameters():
+        parameter.requires_grad_(False)
+    reference.head.weight.requires_grad_(True)
+    reference.head.bias.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(reference.head.parameters(), lr=0.5)
+    reference.train()
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(reference(images), labels)
+        loss.backward()
+        return loss
+
+    for _ in range(15):  # one minibatch of all 300: its order does not change a mean loss or batch statistics
+        optimizer.step(closure)
+    reference.eval()
+    assert not model.training
+    for ours, theirs in [(model.head.weight, reference.head.weight), (model.head.bias, reference.head.bias),
+                         (model.body.norm.running_mean, reference.body.norm.running_mean),
+                         (model.body.norm.running_var, reference.body.norm.running_var)]:
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    # The running mean moved from its initial 0 most of the way to the data's (~10), as the original's forwards
+    # move it: momentum 0.1 once a forward, dozens of forwards.
+    assert torch.allclose(model.body.norm.running_mean, images.flatten(1).mean(0), atol=0.3)
+    with torch.no_grad():
+        assert (model(images).argmax(1) == labels).float().mean() > 0.6  # chance: 1/3
 
 
 # ---------------------------------------------------------------- dfr on natural images
@@ -203,7 +272,8 @@ def ar_run(tmp_path_factory, cifar_subset, poisoned_cifar) -> dict:
 def test_dfr_record_and_the_checkpoints_scored_as_in_training(ar_run):
     record, history = ar_run["record"], ar_run["history"]
     assert {key: record[key] for key in IDENTITY_KEYS} == {**IDENTITY, "dataset": "cifar10-jpeg", "poison": "ar"}
-    assert record["evaluation"] == "dfr" and record["options"] == {"train_images": 5000, "C": 1.0, "seed": 0}
+    assert record["evaluation"] == "dfr" and record["options"] == {
+        "method": "lbfgs", "train_images": 5000, "epochs": 15, "batch_size": 1024, "lr": 0.5, "C": 1.0, "seed": 0}
     assert record["train_images"] == 2000  # 5,000 capped at the subset's 2,000
     assert [row["epoch"] for row in record["epochs"]] == [0, 4, 8]
     assert record["final"] == record["epochs"][-1]

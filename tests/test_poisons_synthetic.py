@@ -17,7 +17,7 @@ from poisonlab.registry import ConfigError
 from poisonlab.training import DeviceData, Recipe, fit
 
 SYNTHETIC = ["lsp", "ops", "regions-4", "regions-16", "random-noise"]
-LINF_POISONS = ["regions-4", "regions-16", "random-noise"]
+LINF_POISONS = ["regions-4", "regions-16", "random-noise", "random-noise-bernoulli"]
 HALF_STEP = 0.5 / 255  # what rounding to uint8 may add to a perturbation
 
 
@@ -99,6 +99,15 @@ def test_regions_are_constant_plus_minus_epsilon_cells(name, grid):
     side = 32 // grid
     cells = delta.reshape(len(delta), grid, side, grid, side, 3)
     assert (cells == cells[:, :, :1, :, :1]).all()  # one colour offset a region
+
+
+def test_random_noise_bernoulli_is_zero_or_plus_epsilon_half_the_time():
+    """learned-faster's class-wise noise: Bernoulli(½)·ε, never negative (random-noise keeps U(−ε, ε))."""
+    clean = random_dataset(grey=True)
+    delta = perturbation(apply_poison("random-noise-bernoulli", clean, seed=0, params={"epsilon": 16 / 255}), clean)
+    noise = delta[:10].astype(float)  # the ten class images
+    assert set(np.unique(noise)) == {0.0, 16.0}
+    assert (noise == 16).mean() == pytest.approx(0.5, abs=0.02)
 
 
 def test_random_noise_fills_the_box():

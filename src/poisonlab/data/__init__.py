@@ -96,7 +96,7 @@ def _check_subset_keys(name: str, subset: dict[str, Any]) -> None:
 
 
 # The loaders import DATASETS and the helpers above, so they are imported last.
-from poisonlab.data import cifar, imagefolder, mnist5k  # noqa: E402,F401
+from poisonlab.data import cifar, imagefolder, mnist5k, stl10  # noqa: E402,F401
 from poisonlab.data.subset import stratified_subset  # noqa: E402
 
 __all__ = ["DATASETS", "ImageDataset", "build_dataset", "stratified_subset"]

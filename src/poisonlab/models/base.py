@@ -19,7 +19,9 @@ from poisonlab.registry import ConfigError, Registry
 
 # Images at most this size get the CIFAR-style stems (stride-1 first conv, no
 # early pooling); larger ones (ImageNet-100) get the original ImageNet stems.
-SMALL_IMAGE = 64
+# 96 takes in STL-10: the AR repository trains its CIFAR-stemmed ResNet-18 on
+# STL-10's 96×96 images (models/resnet.py, average pool 12 = 96 / 8).
+SMALL_IMAGE = 96
 
 # Arch name → builder ``(*, num_classes, in_channels, image_size) -> Classifier``;
 # re-exported by the package, filled in by importing its family modules.

@@ -10,6 +10,11 @@ faster are more effective" (CVPR-W 2022), and kept as baselines in
   channel (the class-wise random noise of Huang et al., "Unlearnable Examples",
   ICLR 2021, used as the benchmarks' baseline), ε = 8/255 (the papers' CIFAR
   budget).
+- ``random-noise-bernoulli``: the class-wise random noise of the learned-faster
+  author's code, as issue 19's side-by-side run of it found: each entry
+  Bernoulli(½)·ε, so 0 or +ε, never negative (mean ε/2: it also brightens
+  every image of the class). The learned-faster table's "Random Noise" row
+  uses it; the file it comes from could not be read here, only that report.
 - ``regions-4`` / ``regions-16``: the image is cut into a 2×2 / 4×4 grid of
   equal regions; each region of each class is one constant colour offset, every
   channel ±ε with a fair random sign, ε = 8/255. The sign (rather than a value
@@ -47,6 +52,13 @@ def random_noise_pattern(shape: torch.Size, *, num_classes: int, generator: torc
     return (2 * uniform - 1) * epsilon
 
 
+def bernoulli_noise_pattern(shape: torch.Size, *, num_classes: int, generator: torch.Generator,
+                            epsilon: float) -> torch.Tensor:
+    """(num_classes, C, H, W) noise, i.i.d. Bernoulli(½)·ε per class, pixel and channel: 0 or +ε."""
+    coins = torch.randint(0, 2, (num_classes, *shape[1:]), generator=generator, device=generator.device)
+    return coins.float() * epsilon
+
+
 def regions_pattern(shape: torch.Size, *, num_classes: int, generator: torch.Generator, epsilon: float,
                     grid: int, poison: str) -> torch.Tensor:
     """(num_classes, C, H, W) noise: a grid × grid mosaic of constant ±ε colour offsets a class."""
@@ -67,6 +79,15 @@ def random_noise(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
     """Class-wise uniform noise in the L∞ ball of radius ``epsilon`` (8/255, the papers' CIFAR budget)."""
     check_budget("random-noise", "epsilon", epsilon, maximum=1.0)
     noise = random_noise_pattern(images.shape, num_classes=num_classes, generator=generator, epsilon=epsilon)
+    return _add_classwise(images, labels, noise)
+
+
+@POISONS.register("random-noise-bernoulli")
+def random_noise_bernoulli(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+                           generator: torch.Generator, epsilon: float = LINF_8) -> torch.Tensor:
+    """Class-wise noise of 0 or +``epsilon`` a pixel and channel, a fair coin each (8/255), as learned-faster."""
+    check_budget("random-noise-bernoulli", "epsilon", epsilon, maximum=1.0)
+    noise = bernoulli_noise_pattern(images.shape, num_classes=num_classes, generator=generator, epsilon=epsilon)
     return _add_classwise(images, labels, noise)
 
 
