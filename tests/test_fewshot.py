@@ -18,10 +18,12 @@ from poisonlab.fewshot import (METHODS, SPLITS, ClassPool, FewShotRecipe, FewSho
 from poisonlab.fewshot import run as run_module
 from poisonlab.fewshot.episodes import augment_episodes, build_episode_augmentations, fixed_episodes
 from poisonlab.fewshot.methods import embed_episodes, query_logits
+from poisonlab.fewshot.figures import prototypes_figure, refinement_figure
 from poisonlab.fewshot.models import FEWSHOT_ARCHS, class_prototypes
 from poisonlab.fewshot.prototypes import (decode_prototypes, interpolate, prototypes_run, refinement_case_study,
                                           refinement_run)
 from poisonlab.registry import ConfigError
+from poisonlab.reporting.figures import save_figure
 
 TINY = FewShotRecipe(way=5, shot=1, query=3, episodes_per_step=1, steps_per_epoch=2, epochs=3, milestones=(2,),
                      precision="fp32", val_episodes=0, augment={"crop": {"padding": 2, "mode": "constant"}})
@@ -290,7 +292,14 @@ def test_a_killed_run_resumes_to_the_same_model(small_container, mlflow_uri, tmp
     figure_data = prototypes_run({"AP": run_dir}, small_container, tmp_path / "prototypes.npz", device="cpu")
     with np.load(tmp_path / "prototypes.npz") as arrays:
         assert arrays["support"].shape == (5, 5, 1, 28, 28) and arrays["decoded_AP"].shape == (5, 1, 28, 28)
-    assert figure_data["models"] == ["AP"]
+    assert figure_data["models"] == ["AP"] and figure_data["runs"]["AP"]["method"] == "autoprotonet"
+
+    prototypes = prototypes_figure(tmp_path / "prototypes.npz", scale="embedded")
+    assert len(prototypes.axes) == 5 * 5 + 5  # a support grid (5 shots × 5 classes) and one model's row
+    refined = refinement_figure(tmp_path / "refinement.json", tmp_path / "refinement.npz")
+    assert len(refined.axes) == (5 + 1) + 11 + 1  # supports and example, interpolants, the accuracy curve
+    save_figure(refined, pdf=tmp_path / "refinement.pdf", png=tmp_path / "refinement.png")
+    assert (tmp_path / "refinement.png").stat().st_size > 0
 
 
 def test_a_finetuned_run_needs_its_pretrained_weights(small_container, mlflow_uri, tmp_path):

@@ -26,6 +26,7 @@ rule (design note §5.1), each recorded in the output and each overridable from 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,12 @@ def interpolate(prototype: torch.Tensor, example: torch.Tensor, steps: int = INT
 
 
 def prototypes_figure_data(models: dict[str, ProtoNet], pool: ClassPool, out_npz: str | os.PathLike, *,
-                           way: int = 5, shot: int = 5, seed: int = 0) -> dict[str, Any]:
+                           way: int = 5, shot: int = 5, seed: int = 0, about: dict | None = None) -> dict[str, Any]:
     """One seeded ``way``-way ``shot``-shot support set of ``pool`` and each model's decoded prototypes, to npz.
 
     The npz holds ``support`` uint8 (way, shot, C, H, W), ``decoded_<label>`` float32 (way, C, H, W) for each
-    model with a decoder (a ProtoNet has none and is left out), ``classes`` and ``labels`` (the row order).
+    model with a decoder (a ProtoNet has none and is left out), ``classes``, ``labels`` (the row order) and
+    ``about``: a json string of the returned record and ``about`` (what the runs were, for the caption).
     """
     episode = next(fixed_episodes(pool, way=way, shot=shot, query=1, episodes=1, seed=seed))
     support, labels = episode.support[0], episode.support_labels[0]
@@ -76,10 +78,11 @@ def prototypes_figure_data(models: dict[str, ProtoNet], pool: ClassPool, out_npz
     if not decoded:
         raise ConfigError("decoded prototypes need at least one model with a decoder (conv4-ae)")
     class_names = [pool.classes[c] for c in episode.classes[0].tolist()]
+    record = {"classes": class_names, "models": list(decoded), "way": way, "shot": shot, "seed": seed, **(about or {})}
     save_npz(out_npz, support=support.view(way, shot, *support.shape[1:]).cpu().numpy().astype(np.uint8),
-             classes=np.array(class_names), labels=np.array(list(decoded)),
+             classes=np.array(class_names), labels=np.array(list(decoded)), about=np.array(json.dumps(record)),
              **{f"decoded_{label}": images for label, images in decoded.items()})
-    return {"classes": class_names, "models": list(decoded), "way": way, "shot": shot, "seed": seed}
+    return record
 
 
 def _halves(pool: ClassPool, classes: list[int], generator: torch.Generator) -> tuple[list[torch.Tensor], ...]:
@@ -192,5 +195,7 @@ def prototypes_run(run_dirs: dict[str, str | os.PathLike], data_path: str | os.P
         raise ConfigError(f"decoded prototypes compare runs of one split and size; got {sorted(map(str, splits))}")
     split, pad_to = splits.pop()
     _, pools = load_pools(data_path, split, torch_device, pad_to)
+    about = {"split": split, "runs": {label: {key: run[key] for key in ("dataset", "method", "recipe", "seed")}
+                                      for label, (_, run) in loaded.items()}}
     return prototypes_figure_data({label: model for label, (model, _) in loaded.items()}, pools["test"], out_npz,
-                                  way=way, shot=shot, seed=seed)
+                                  way=way, shot=shot, seed=seed, about=about)
