@@ -7,7 +7,8 @@ README). On a GPU, traker projects gradients with ``fast_jl`` (CUDA only); on th
 projection matrix and the scoring pass then fails with ``AttributeError: 'BasicProjector' object has
 no attribute 'proj_matrix'``. So the CPU projector is built here with a block size below
 ``proj_dim`` — at least two blocks, each regenerated from its seed when used — and ``proj_dim`` < 2
-is refused. The model output is traker's ``image_classification`` margin, log p/(1−p) of the label.
+is refused. On CUDA with ``fast_jl`` installed (``pip install traker[fast]``, compiled against the
+local CUDA), traker's own ``CudaProjector`` is used instead. The model output is traker's ``image_classification`` margin, log p/(1−p) of the label.
 Label it "TRAK (M=…)" in tables: a handful of small checkpoints is not the tuned TRAK of the paper.
 """
 
@@ -65,11 +66,14 @@ def trak_scores(build_model, checkpoints: list[dict], normalize, x_train: np.nda
             yield [images(x[start:start + batch_size]), torch.as_tensor(y[start:start + batch_size]).to(device)]
 
     with tempfile.TemporaryDirectory(prefix="trak-") as save_dir:
-        projector = BasicProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=seed,
-                                   proj_type=ProjectionType.normal, device=device,
-                                   block_size=projector_block_size(proj_dim), dtype=torch.float32)
+        projector = None  # on CUDA with fast_jl installed, traker's own CudaProjector (rademacher, fp16)
+        if torch.device(device).type != "cuda" or not _has_fast_jl():
+            projector = BasicProjector(grad_dim=grad_dim, proj_dim=proj_dim, seed=seed,
+                                       proj_type=ProjectionType.normal, device=device,
+                                       block_size=projector_block_size(proj_dim), dtype=torch.float32)
         traker = TRAKer(model=model, task="image_classification", train_set_size=len(x_train), save_dir=save_dir,
-                        device=device, projector=projector, use_half_precision=False, logging_level=40)
+                        device=device, projector=projector, proj_dim=proj_dim, projector_seed=seed,
+                        use_half_precision=projector is None, logging_level=40)
         for model_id, state in enumerate(checkpoints):
             traker.load_checkpoint(_wrapped(state), model_id=model_id)
             for batch in batches(x_train, y_train):
@@ -82,6 +86,14 @@ def trak_scores(build_model, checkpoints: list[dict], normalize, x_train: np.nda
                 traker.score(batch=batch, num_samples=len(batch[1]))
         scores = traker.finalize_scores(exp_name="targets")
     return np.asarray(scores, np.float64).T  # traker returns (N, T)
+
+
+def _has_fast_jl() -> bool:
+    try:
+        import fast_jl  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _wrapped(state: dict) -> dict:
