@@ -126,6 +126,24 @@ def test_cli_launch_prints_each_job_and_with_debug_its_accuracy(config, tmp_path
     assert cli(argv) == 0 and capsys.readouterr().out == "skipped 2 finished run(s)\n"
 
 
+def test_cli_train_writes_where_the_train_rule_would_with_its_defense_options(config, tmp_path, capsys):
+    import yaml
+
+    config["defense_options"] = {"cutout": {"mnist5k": {"size": 7}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    train = ["--config", str(tmp_path / "config.yaml"), "train", "--no-progress", "--defense"]
+    assert cli([*train, "cutout"]) == 0
+    # The configured results folder, the config's dataset, first arch and recipe, the defense's options.
+    run_dir = Path(config["paths"]["results"]) / "runs/mnist5k/clean/cutout/smallcnn/tiny/seed0"
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert (record["defense"], record["defense_options"], record["recipe"]) == ("cutout", {"size": 7}, "tiny")
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["run"] == "mnist5k/clean/cutout/smallcnn/tiny/seed0"
+    # A data-level defense trains on its sanitized container, under the configured data folder.
+    assert cli([*train, "grayscale"]) == 2
+    sanitized = Path(config["paths"]["data"]) / "sanitized/mnist5k/clean/grayscale.npz"
+    assert f"training data {sanitized} does not exist; build it with `snakemake" in capsys.readouterr().err
+
+
 def test_python_m_poisonlab_launch_is_the_launch_command():
     result = subprocess.run([sys.executable, "-m", "poisonlab.launch", "--executor", "nope"], cwd=ROOT,
                             capture_output=True, text=True)
