@@ -35,10 +35,19 @@ def canvases(mnist5k):
     return make_canvases(mnist5k, train=96, test=32, seed=0)
 
 
+@pytest.fixture(scope="module")
+def small(mnist5k):
+    """Canvases of two cells, few of them: what the training tests can afford on one core."""
+    return make_canvases(mnist5k, train=32, test=8, grid=(1, 2), p_digit=0.8, seed=0)
+
+
 def _tiny(seed: int = 0, procedure: str = "standard", **options):
     torch.manual_seed(seed)
     built = SEG_PROCEDURES.build(procedure, **options)
-    return built, built.prepare(build_seg_model("tinyunet", num_classes=len(CLASSES), in_channels=1, width=4))
+    return built, built.prepare(build_seg_model("tinyunet", num_classes=len(CLASSES), in_channels=1, **TINY))
+
+
+TINY = {"width": 4, "depth": 2}
 
 
 def test_registered_names():
@@ -216,7 +225,7 @@ def test_attacks_raise_the_loss_and_stay_in_budget(canvases):
 def test_advprop_sends_only_adversarial_inputs_through_the_auxiliary_batch_norm(canvases):
     procedure, model = _tiny(procedure="advprop", epsilon=0.1, steps=2)
     mixes = [m for m in model.modules() if isinstance(m, MixBatchNorm2d)]
-    assert len(mixes) == 10
+    assert len(mixes) == 6  # two double convs down, one up
     seen = {"main": [], "aux": []}
     first = mixes[0]
     first.aux.register_forward_hook(lambda m, inputs, out: seen["aux"].append(inputs[0].clone()))
@@ -244,7 +253,7 @@ def test_advprop_sends_only_adversarial_inputs_through_the_auxiliary_batch_norm(
         model(NORMALIZE(x.float()))
     assert seen["aux"] == []  # inference: main statistics only
     assert not any(".aux." in key for key in main_state(model))
-    build_seg_model("tinyunet", num_classes=11, in_channels=1, width=4).load_state_dict(main_state(model))
+    build_seg_model("tinyunet", num_classes=11, in_channels=1, **TINY).load_state_dict(main_state(model))
 
 
 # ---------------------------------------------------------------- synthesis
@@ -283,8 +292,8 @@ class Killed(Exception):
 
 
 @pytest.mark.parametrize("procedure", ["standard", "sat"])
-def test_training_runs_through_fit_and_resumes_after_a_kill(canvases, procedure, tmp_path):
-    data = device_data(canvases, CPU)
+def test_training_runs_through_fit_and_resumes_after_a_kill(small, procedure, tmp_path):
+    data = device_data(small, CPU)
     built, model = _tiny(procedure=procedure, **({"epsilon": 0.1, "steps": 1} if procedure == "sat" else {}))
     whole = fit(model, data, RECIPE, seed=0, progress=False, defense=built.defense, metric=segmentation_metric)
     assert [row["epoch"] for row in whole.history] == [1, 2] and "test_miou" in whole.history[-1]
@@ -305,15 +314,47 @@ def test_training_runs_through_fit_and_resumes_after_a_kill(canvases, procedure,
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
 
 
-def test_a_whole_run_writes_metrics_and_inference_weights(canvases, tmp_path, monkeypatch):
+def test_jobs_train_evaluate_synthesise_and_draw(small, mnist5k, tmp_path, monkeypatch):
+    """The DAG's jobs end to end on a tiny scale: two runs (AdvProp, and the standard transfer judge), robustness,
+    inpainting and generation judged by a classifier run, and the three figures."""
+    from poisonlab.models import build_model
+    from poisonlab.segmentation import figures
+    from poisonlab.segmentation.run import robustness_run, synthesis_run
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    canvases.save(tmp_path / "seg.npz")
-    spec = SegRunSpec(dataset="mnist5k-seg", procedure="advprop", arch="tinyunet", recipe="tiny")
-    record = train_segmentation(spec, Recipe.from_dict({**RECIPE.to_dict(), "epochs": 1}), tmp_path / "seg.npz",
-                                tmp_path / "run", procedure_options={"epsilon": 0.1, "steps": 1},
-                                model_options={"width": 4}, device="cpu", progress=False)
-    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert on_disk["final_test_miou"] == record["final_test_miou"] and on_disk["procedure"] == "advprop"
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json", "model.pt"]
-    weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
-    build_seg_model("tinyunet", num_classes=11, in_channels=1, width=4).load_state_dict(weights)
+    small.save(tmp_path / "seg.npz")
+    recipe = Recipe.from_dict({**RECIPE.to_dict(), "epochs": 1})
+    for procedure, seed in (("advprop", 0), ("standard", 1)):
+        spec = SegRunSpec(dataset="mnist5k-seg", procedure=procedure, arch="tinyunet", recipe="tiny", seed=seed)
+        record = train_segmentation(spec, recipe, tmp_path / "seg.npz", tmp_path / procedure,
+                                    procedure_options={"epsilon": 0.1, "steps": 1} if procedure == "advprop" else {},
+                                    model_options=TINY, device="cpu", progress=False)
+        assert sorted(p.name for p in (tmp_path / procedure).iterdir()) == ["metrics.json", "model.pt"]
+        assert record["final_test_miou"] == record["history"][-1]["test_miou"]
+    weights = torch.load(tmp_path / "advprop" / "model.pt", weights_only=True)
+    build_seg_model("tinyunet", num_classes=11, in_channels=1, **TINY).load_state_dict(weights)  # main BNs only
+
+    torch.manual_seed(0)  # the judge: any smallcnn run's weights and the container it was trained on
+    torch.save(build_model("smallcnn", num_classes=10, in_channels=1, image_size=28).state_dict(), tmp_path / "cnn.pt")
+    mnist5k.save(tmp_path / "mnist5k.npz")
+    robust = robustness_run(tmp_path / "advprop", tmp_path / "seg.npz", tmp_path / "robustness.json",
+                            tmp_path / "examples.npz", count=6, epsilon=0.1, step_size=0.05, keep=2,
+                            attacks={"clean": {"attack": "none"}, "bim-2": {"attack": "bim", "steps": 2},
+                                     "pgd-3": {"attack": "pgd", "steps": 3, "restarts": 2}})
+    assert set(robust["results"]) == {"clean", "bim-2", "pgd-3"} and robust["count"] == 6
+    judges = {"classifier_path": tmp_path / "cnn.pt", "classifier_data_path": tmp_path / "mnist5k.npz",
+              "transfer_run_dir": tmp_path / "standard"}
+    for task in ("inpaint", "generate"):
+        out = synthesis_run(tmp_path / "advprop", tmp_path / "seg.npz", tmp_path / f"{task}.json",
+                            tmp_path / f"{task}.npz", task=task, steps=3, count=3, **judges)
+        assert 0 <= out["metrics"]["recognisability"] <= 100 and 0 <= out["metrics"]["transfer_miou"] <= 100
+    assert {"psnr", "ssim", "recognisability_original"} <= set(json.loads((tmp_path / "inpaint.json").read_text())
+                                                               ["metrics"])
+    drawn = [figures.segmentation_examples(examples={"advprop": tmp_path / "examples.npz"}, num_classes=11,
+                                           caption="test", attack="bim-2", count=2),
+             figures.inpainting_examples(arrays={"advprop": tmp_path / "inpaint.npz"}, caption="test", count=2),
+             figures.generation_examples(arrays={"advprop": tmp_path / "generate.npz"}, num_classes=11,
+                                         caption="test", count=2)]
+    assert [len(f.axes) for f in drawn] == [2 * 4, 2 * 3, 2 * 2]
+    for figure in drawn:
+        figure.savefig(tmp_path / "figure.png")

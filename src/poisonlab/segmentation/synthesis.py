@@ -118,8 +118,9 @@ def inpainting_tasks(maps: torch.Tensor, count: int, *, hole: int = 16, seed: in
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``count`` canvases (indices), each with one digit cell's central ``hole``×``hole`` square as the mask.
 
-    Returns (canvas indices (count,), masks (count, 1, H, W) bool, cells (count, 4) as ``digit_cells``); the first
-    digit cell of each chosen canvas, canvases drawn without replacement by ``seed``.
+    Returns (canvas indices (count,), masks (count, 1, H, W) bool, cells (count, 4) as ``digit_cells`` but
+    indexing the chosen canvases 0 … count − 1); the first digit cell of each canvas, canvases drawn without
+    replacement by ``seed``.
     """
     if not 0 < hole <= CELL:
         raise ConfigError(f"inpainting hole must lie in [1, {CELL}]; got {hole}")
@@ -134,7 +135,8 @@ def inpainting_tasks(maps: torch.Tensor, count: int, *, hole: int = 16, seed: in
     for k, (_, r, c, _) in enumerate(chosen.tolist()):
         top, left = r * CELL + offset, c * CELL + offset
         masks[k, :, top:top + hole, left:left + hole] = True
-    return chosen[:, 0], masks, chosen
+    cells = torch.cat([torch.arange(count, device=chosen.device)[:, None], chosen[:, 1:]], 1)  # rows of the subset
+    return chosen[:, 0], masks, cells
 
 
 # ---------------------------------------------------------------- metrics that do not trust the optimising net
