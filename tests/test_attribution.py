@@ -187,6 +187,9 @@ class _OracleRetrainer:
     def __init__(self, k_star: int, n: int, flip_to: int) -> None:
         self.k_star, self.n, self.flip_to, self.calls = k_star, n, flip_to, 0
 
+    def __repr__(self) -> str:  # support_unit's state fingerprint names the retrainer by its repr
+        return f"_OracleRetrainer({self.k_star})"
+
     def correct(self, x, y, x_target, y_target, *, seed):
         self.calls += 1
         changed = self.n - len(x) if len(x) < self.n else int((y == self.flip_to).sum()) - 10
@@ -210,6 +213,9 @@ def test_support_unit_resumes_from_its_state_file(kind: str, tmp_path) -> None:
     again = _OracleRetrainer(k_star=90, n=n, flip_to=1)
     rerun = support_unit(retrainer=again, **kwargs)
     assert again.calls == 0 and rerun["support"] == 100 and rerun["models_trained_now"] == 0
+    other = _OracleRetrainer(k_star=90, n=n, flip_to=1)
+    support_unit(retrainer=other, **{**kwargs, "ranking": np.arange(400)[::-1]})  # another ranking: no reuse
+    assert other.calls == record["models_trained"]
 
 
 def test_probe_retrain_uses_the_trainer() -> None:
@@ -361,3 +367,34 @@ def test_figures_draw_every_method() -> None:
                              caption="toy")
     assert [t.get_text() for t in cdf.axes[0].get_legend().get_texts()] == ["ssl-esvm (2/3)", "random (1/3)"]
     assert len(lds_figure({"ssl-esvm": [0.1, 0.2], "trak": [0.3, float("nan")]}, caption="toy").axes[0].patches) == 2
+
+
+def test_ssl_pretraining_resumes_to_the_same_backbone(tmp_path, monkeypatch) -> None:
+    import poisonlab.attribution.pretrain as pretrain
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ds = quadrant_dataset(n_train=128, n_test=16)
+    config = SSLConfig.from_dict({"method": "moco", "arch": "tinycnn", "knn_k": 10,
+                                  "method_options": {"memory_bank_size": 64, "projection_dim": 16},
+                                  "recipe": {"epochs": 3, "batch_size": 64, "precision": "fp32"}})
+    whole = pretrain.pretrain_ssl(ds, config, tmp_path / "whole", device="cpu", progress=False)
+
+    monitor, calls = pretrain._monitor, []
+
+    def killed_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job dies after epoch 1's checkpoint
+        return monitor(*args)
+
+    monkeypatch.setattr(pretrain, "_monitor", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain_ssl(ds, config, tmp_path / "killed", device="cpu", progress=False)
+    assert (tmp_path / "killed" / "checkpoint.pt").exists()
+    killed_run = (tmp_path / "killed" / "mlflow_run_id").read_text()
+    monkeypatch.setattr(pretrain, "_monitor", monitor)
+    resumed = pretrain.pretrain_ssl(ds, config, tmp_path / "killed", device="cpu", progress=False)
+    assert resumed["mlflow_run_id"] == killed_run  # resumed into the killed job's MLflow run
+    assert [row["ssl_loss"] for row in resumed["history"]] == [row["ssl_loss"] for row in whole["history"]]
+    a, b = (torch.load(tmp_path / d / "backbone.pt", weights_only=True)["body"] for d in ("whole", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

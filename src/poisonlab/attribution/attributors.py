@@ -82,7 +82,9 @@ def rank(scores: np.ndarray, y_train: np.ndarray, target_labels: np.ndarray, k: 
     return order.astype(np.int64), np.take_along_axis(scores, order, 1).astype(np.float32)
 
 
-def _cost(inputs: AttributionInputs, started: float, nbytes: int, models: int = 0) -> dict:
+def measure_cost(inputs: AttributionInputs, started: float, nbytes: int, models: int = 0) -> dict:
+    """An attribution's cost: the models it trained plus ``inputs.upstream``'s, seconds since ``started`` plus
+    upstream's, and the bytes of what it keeps to attribute (features, projected gradients, weights)."""
     upstream = inputs.upstream
     return {"models_trained": models + int(upstream.get("models_trained", 0)),
             "seconds": time.perf_counter() - started + float(upstream.get("seconds", 0.0)),
@@ -114,7 +116,7 @@ def ssl_esvm(inputs: AttributionInputs, *, k: int = 1280, C: float = 0.1, max_it
         scores[t, pool] = esvm_scores(inputs.train_features[pool], inputs.target_features[t], C=C,
                                       max_iter=max_iter, tol=tol)
     topk, top_scores = rank(scores, inputs.y_train, inputs.target_labels, k, label_conditioned)
-    return Attribution(topk, top_scores, _cost(inputs, started, inputs.train_features.nbytes))
+    return Attribution(topk, top_scores, measure_cost(inputs, started, inputs.train_features.nbytes))
 
 
 def _knn(inputs: AttributionInputs, train: np.ndarray, targets: np.ndarray, k: int, label_conditioned: bool,
@@ -123,7 +125,7 @@ def _knn(inputs: AttributionInputs, train: np.ndarray, targets: np.ndarray, k: i
     # Squared distances by the expansion |a|² − 2a·b + |b|²: one matrix product, no (T, N, D) tensor.
     distances = (targets ** 2).sum(1)[:, None] - 2 * targets @ train.T + (train ** 2).sum(1)[None]
     topk, top_scores = rank(-distances, inputs.y_train, inputs.target_labels, k, label_conditioned)
-    return Attribution(topk, top_scores, _cost(inputs, started, train.nbytes))
+    return Attribution(topk, top_scores, measure_cost(inputs, started, train.nbytes))
 
 
 @ATTRIBUTORS.register("ssl-knn")
@@ -148,4 +150,4 @@ def random_order(inputs: AttributionInputs, *, k: int = 1280, seed: int = 0, lab
     rng = np.random.default_rng(seed)
     scores = rng.random((len(inputs.target_labels), len(inputs.y_train)))
     topk, top_scores = rank(scores, inputs.y_train, inputs.target_labels, k, label_conditioned)
-    return Attribution(topk, top_scores, _cost(inputs, started, 0))
+    return Attribution(topk, top_scores, measure_cost(inputs, started, 0))

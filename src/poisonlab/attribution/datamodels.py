@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from poisonlab.attribution.attributors import ATTRIBUTORS, Attribution, AttributionInputs, _cost, rank
+from poisonlab.attribution.attributors import ATTRIBUTORS, Attribution, AttributionInputs, measure_cost, rank
 from poisonlab.registry import ConfigError
 
 
@@ -57,5 +57,5 @@ def datamodels(inputs: AttributionInputs, *, k: int = 1280, lasso_alpha: float |
     started = time.perf_counter()
     weights = fit_datamodels(inputs.subset_masks, inputs.subset_margins, lasso_alpha=lasso_alpha, seed=seed)
     topk, top_scores = rank(weights, inputs.y_train, inputs.target_labels, k, label_conditioned)
-    return Attribution(topk, top_scores, _cost(inputs, started, weights.astype(np.float32).nbytes,
+    return Attribution(topk, top_scores, measure_cost(inputs, started, weights.astype(np.float32).nbytes,
                                                models=len(inputs.subset_masks)), signed=True)

@@ -56,6 +56,7 @@ def pretrain_ssl(dataset: ImageDataset, config: SSLConfig, out_dir: str | os.Pat
     checkpoint = load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
+        _load_unsaved_buffers(model, checkpoint["buffers"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         generator.set_state(checkpoint["generator"])
@@ -90,7 +91,8 @@ def pretrain_ssl(dataset: ImageDataset, config: SSLConfig, out_dir: str | os.Pat
                    "seconds": time.perf_counter() - epoch_started}
             history.append(row)
             run.log_epoch(row)
-            torch_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            torch_save({"fingerprint": fingerprint, "model": model.state_dict(), "buffers": _unsaved_buffers(model),
+                        "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "history": history,
                         "wall_seconds": resumed_seconds + time.perf_counter() - started}, checkpoint_path)
         record = {
@@ -119,7 +121,14 @@ def _monitor(backbone: torch.nn.Module, data: DeviceData, config: SSLConfig, pre
     return knn_accuracy(train, data.y_train, test, data.y_test, data.num_classes, k=config.knn_k, t=config.knn_t)
 
 
-def data_digest(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _unsaved_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers ``state_dict`` leaves out (lightly's memory bank and its pointer are non-persistent), which a
+    resumed run needs to continue exactly where the killed one stopped."""
+    saved = model.state_dict()
+    return {name: buffer.detach().clone() for name, buffer in model.named_buffers() if name not in saved}
 
+
+def _load_unsaved_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    for name, buffer in model.named_buffers():
+        if name in buffers:
+            buffer.copy_(buffers[name])

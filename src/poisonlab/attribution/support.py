@@ -19,6 +19,7 @@ state file, so a killed job resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -154,6 +155,13 @@ def search_support(probe: Callable[[int], bool], grid: Sequence[int], budget: in
 # ---------------------------------------------------------------- one (method, kind, target) unit
 
 
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def support_unit(*, kind: str, ranking: np.ndarray, target: int, flip_to: int, x_train: np.ndarray,
                  y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, retrainer: Retrainer,
                  grid: Sequence[int], retrains: int, seed: int, budget: int | None = None,
@@ -171,8 +179,13 @@ def support_unit(*, kind: str, ranking: np.ndarray, target: int, flip_to: int, x
     if max(grid) > len(ranking):
         raise ConfigError(f"support grid reaches k={max(grid)} but the ranking holds {len(ranking)} images")
     label = int(y_test[target])
+    # What the votes depend on: a state file of another ranking, data or retrainer is not resumed from.
+    fingerprint = {"kind": kind, "target": int(target), "flip_to": int(flip_to), "retrains": retrains, "seed": seed,
+                   "retrainer": repr(retrainer), "ranking": _digest(ranking[:max(grid)]),
+                   "data": _digest(x_train, y_train, x_test[target])}
     state_path = Path(state_path) if state_path is not None else None
-    done: dict[str, list[bool]] = json.loads(state_path.read_text())["votes"] if state_path and state_path.exists() else {}
+    state = json.loads(state_path.read_text()) if state_path and state_path.exists() else {}
+    done: dict[str, list[bool]] = state["votes"] if state.get("fingerprint") == fingerprint else {}
     seeds = [seed * 1000 + r for r in range(retrains)]
     started, trained = time.perf_counter(), 0
 
@@ -184,7 +197,7 @@ def support_unit(*, kind: str, ranking: np.ndarray, target: int, flip_to: int, x
             votes.append(retrainer.correct(x, y, x_test[target], label, seed=seeds[len(votes)]))
             trained += 1
             if state_path is not None:
-                write_json(state_path, {"votes": done})
+                write_json(state_path, {"fingerprint": fingerprint, "votes": done})
         return flipped
 
     result = search_support(probe, grid, budget)

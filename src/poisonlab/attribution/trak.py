@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poisonlab.attribution.attributors import ATTRIBUTORS, Attribution, AttributionInputs, _cost, rank
+from poisonlab.attribution.attributors import ATTRIBUTORS, Attribution, AttributionInputs, measure_cost, rank
 from poisonlab.registry import ConfigError
 
 BASIC_BLOCK_SIZE = 100  # traker's default; the projector uses fewer when proj_dim is small
@@ -111,5 +111,5 @@ def trak(inputs: AttributionInputs, *, k: int = 1280, proj_dim: int = 512, batch
     topk, top_scores = rank(scores, inputs.y_train, inputs.target_labels, k, label_conditioned)
     # What TRAK keeps: projected features of every training image, one set per checkpoint.
     kept = len(inputs.checkpoints) * len(inputs.y_train) * proj_dim * 4
-    return Attribution(topk, top_scores, _cost(inputs, started, kept, models=len(inputs.checkpoints)),
+    return Attribution(topk, top_scores, measure_cost(inputs, started, kept, models=len(inputs.checkpoints)),
                        signed=True)
