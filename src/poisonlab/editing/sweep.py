@@ -23,30 +23,35 @@ from poisonlab.editing.purify import QUALITIES, jpeg_photos
 NO_JPEG = "none"  # the quality column of the unpurified immunized photos
 
 
-def jpeg_sweep(photos: PhotoSet, model, editor: Editor, immunizers: dict[str, dict[str, Any]], *,
+def jpeg_sweep(photos: PhotoSet, model, editor: Editor, immunizers: dict[str, tuple[str, dict[str, Any]]], *,
                qualities: tuple[int, ...] = QUALITIES, seed: int = 0) -> tuple[list[dict[str, Any]], dict]:
-    """Records (one a cell: immunizer, quality, per-photo values, means ± std) and the image sets
-    (``{(immunizer, quality): PhotoSet}``, quality ``"none"`` before JPEG) for the figure."""
+    """Every row of ``immunizers`` (table row → (registered immunizer, its options), e.g.
+    ``{"encoder-eps8": ("encoder", {"epsilon": 8 / 255, ...})}``) at every quality.
+
+    Returns the records (one a cell: row, immunizer, quality, per-photo values, means ± std) and the
+    image sets (``{(row, quality): PhotoSet}``, quality ``"none"`` before JPEG; row ``"none"`` the
+    clean photos) for the figure.
+    """
     sets: dict[tuple[str, Any], PhotoSet] = {}
     seconds: dict[str, float] = {}
-    for name, options in {"none": {}, **immunizers}.items():
+    for row, (name, options) in {"none": ("none", {}), **immunizers}.items():
         started = time.perf_counter()
-        sets[name, NO_JPEG] = immunize_photos(photos, name, model, options=options, seed=seed)
-        seconds[name] = time.perf_counter() - started
+        sets[row, NO_JPEG] = immunize_photos(photos, name, model, options=options, seed=seed)
+        seconds[row] = time.perf_counter() - started
         for quality in qualities:
-            sets[name, quality] = jpeg_photos(sets[name, NO_JPEG], quality)
+            sets[row, quality] = jpeg_photos(sets[row, NO_JPEG], quality)
 
     clean, masks = photos.tensor(), photos.mask_tensor()
     prompts = None if photos.prompts is None else list(photos.prompts)
     records = []
-    for name, options in immunizers.items():
+    for row, (name, options) in immunizers.items():
         targets = clean.roll(-1, 0) if build_immunizer(name, **options).targeted else None
         for quality in (NO_JPEG, *qualities):
-            per_photo = cell_metrics(model, editor, clean=clean, immunized=sets[name, NO_JPEG].tensor(),
-                                     purified=sets[name, quality].tensor(), purified_clean=sets["none", quality].tensor(),
+            per_photo = cell_metrics(model, editor, clean=clean, immunized=sets[row, NO_JPEG].tensor(),
+                                     purified=sets[row, quality].tensor(), purified_clean=sets["none", quality].tensor(),
                                      targets=targets, masks=masks, prompts=prompts)
-            records.append({"immunizer": name, "immunizer_options": options, "jpeg_quality": quality,
+            records.append({"row": row, "immunizer": name, "immunizer_options": options, "jpeg_quality": quality,
                             "autoencoder": getattr(model, "name", "sd"), "editor": editor.name, "seed": seed,
-                            "photos": list(photos.names), "immunize_seconds": seconds[name],
+                            "photos": list(photos.names), "immunize_seconds": seconds[row],
                             **summarize(per_photo), "per_photo": per_photo})
     return records, sets
