@@ -163,6 +163,7 @@ def test_rsk_ff_is_rsk_then_ff_on_the_sharpened_image():
     ("ueraser", {"repeats": -2}, "defense 'ueraser': repeats must be an integer >= 1"),
     ("ueraser", {"repeats": True}, "defense 'ueraser': repeats must be an integer >= 1"),
     ("ueraser", {"adversarial_epochs": 0}, "defense 'ueraser': adversarial_epochs must be an integer >= 1"),
+    ("ueraser", {"plasma_p": 1.5}, "defense 'ueraser': plasma_p must be > 0 and <= 1.0"),
 ])
 def test_bad_options_are_rejected_naming_the_defense_and_field(name, options, message):
     with pytest.raises(ConfigError, match=message):
@@ -230,6 +231,17 @@ def test_ueraser_trains_on_the_worst_copy_of_each_image():
     assert torch.allclose(loss, per_copy.amax(0).mean())
     assert torch.all(loss >= per_copy.mean(1)) and loss > per_copy.mean(1).min()
     assert torch.allclose(logits, model(_normalize(copies[:8])))  # the first copy's, for the train accuracy
+
+
+def test_ueraser_plasma_probability_is_lafeat_ueraser_s_half_or_apbench_s_always():
+    policy = {name: ueraser_policy(p) for name, p in (("ueraser", 0.5), ("apbench", 1.0))}
+    assert [m.p for m in policy["ueraser"][:2]] == [0.5, 0.5] and [m.p for m in policy["apbench"][:2]] == [1.0, 1.0]
+    assert policy["ueraser"][2].p == policy["apbench"][2].p == 0.5  # channel shuffle: 0.5 in both
+    # With both plasma transforms always applied, no copy is left as its image.
+    x = _images(b=64, h=16, w=16)
+    always = augmented_copies(ueraser_policy(1.0), x, 1, torch.Generator().manual_seed(0))
+    assert isinstance(build_defense("ueraser", {"plasma_p": 1.0}), TrainingDefense)
+    assert not (always.round() == x.float()).all(dim=(1, 2, 3)).any()
 
 
 def test_ueraser_randomness_comes_from_the_run_generator_only():

@@ -13,10 +13,11 @@ import pytest
 from conftest import ROOT, snakemake
 from poisonlab.config import check_config, load_scaled, merge, typed
 from poisonlab.papers import (
-    add_paper_recipes, check_papers, load_grids, load_papers, paper_figures, paper_tables, scale_settings,
+    add_paper_recipes, check_papers, load_grids, load_papers, load_reported, paper_figures, paper_tables,
+    scale_settings,
 )
 from poisonlab.registry import ConfigError
-from poisonlab.reporting import TABLE_COLUMNS
+from poisonlab.reporting import TABLE_COLUMNS, Cell, build_table, render_latex, render_markdown
 from poisonlab.reporting.figures import FIGURES
 
 PAPERS_DIR = ROOT / "config" / "papers"
@@ -191,6 +192,28 @@ def test_unknown_papers_and_clashing_recipes_are_rejected():
     config, _ = resolved("embedded", papers=[])
     with pytest.raises(ConfigError, match="papers/mine: recipe 'embedded' is already defined differently"):
         add_paper_recipes(config, {"mine": {"recipes": {"embedded": {"epochs": 1}}}})
+
+
+def test_a_reported_bound_keeps_the_reported_column_numeric(tmp_path):
+    """learn-from-unlearnable's README gives only "more than 87%": reported 87 with bound ">", shown as (>87.00)."""
+    reported = tmp_path / "reported.csv"
+    reported.write_text("table,row,column,dataset,metric,reported,source\n"
+                        "t,OPS,Ortho,cifar10,final_test_acc,>87,README\n"
+                        "t,AR,Ortho,cifar10,final_test_acc,11.75,README\n")
+    assert load_reported(reported) == {("t", "OPS", "Ortho"): (87.0, ">"), ("t", "AR", "Ortho"): (11.75, None)}
+    run = tmp_path / "metrics.json"
+    run.write_text(json.dumps({"final_test_acc": 88.5}))
+    cells = [Cell("t", row, "Ortho", "cifar10", "paper", "final_test_acc", (str(run),), number, bound)
+             for row, (number, bound) in (("OPS", (87.0, ">")), ("AR", (11.75, None)))]
+    table = build_table(cells)
+    assert tuple(table.columns) == TABLE_COLUMNS
+    assert table["reported"].dtype == pl.Float64 and table["reported"].to_list() == [87.0, 11.75]
+    assert table["reported_bound"].to_list() == [">", None]
+    assert "| OPS | 88.50 (>87.00) |" in render_markdown(table) and "| AR | 88.50 (11.75) |" in render_markdown(table)
+    assert "88.50 ($>$87.00)" in render_latex(table)
+    reported.write_text("table,row,column,dataset,metric,reported,source\nt,OPS,Ortho,cifar10,m,about 87,README\n")
+    with pytest.raises(ConfigError, match="reported 'about 87' is neither a number nor a bound like >87"):
+        load_reported(reported)
 
 
 # ---------------------------------------------------------------- a paper table through the DAG, from fixture runs

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,24 @@ def paper_figures(slug: str, paper: dict[str, Any], config: dict[str, Any]) -> l
     return figures
 
 
-def load_reported(path: str | os.PathLike) -> dict[tuple[str, str, str], float]:
-    """``paper/{slug}/reported.csv`` → {(table, row, column): number}; no file, no numbers."""
+def load_reported(path: str | os.PathLike) -> dict[tuple[str, str, str], tuple[float, str | None]]:
+    """``paper/{slug}/reported.csv`` → {(table, row, column): (number, bound)}; no file, no numbers.
+
+    ``reported`` is a number (94.34) or a bound where the source gives only one (">87": "more than 87%");
+    the bound's sign is kept apart so that the tables' reported column stays numeric.
+    """
     if not Path(path).exists():
         return {}
     with open(path, newline="") as f:
-        return {(row["table"], row["row"], row["column"]): float(row["reported"])
+        return {(row["table"], row["row"], row["column"]): _reported_number(row["reported"], path)
                 for row in csv.DictReader(f) if row["reported"].strip()}
+
+
+def _reported_number(text: str, path: str | os.PathLike) -> tuple[float, str | None]:
+    match = re.fullmatch(r"\s*(>=|<=|>|<)?\s*([-+]?[0-9]*\.?[0-9]+)\s*", text)
+    if match is None:
+        raise ConfigError(f"{path}: reported '{text}' is neither a number nor a bound like >87")
+    return float(match[2]), match[1]
 
 
 def check_papers(papers: dict[str, dict[str, Any]], config: dict[str, Any], figure_names: list[str]) -> None:
@@ -210,11 +222,12 @@ def table_files(table: PaperTable, paths: Paths) -> list[str]:
 
 
 def table_cells(table: PaperTable, paths: Paths, scale: str,
-                reported: dict[tuple[str, str, str], float]) -> list[dict[str, Any]]:
+                reported: dict[tuple[str, str, str], tuple[float, str | None]]) -> list[dict[str, Any]]:
     """The cells as the table script takes them: the fields of poisonlab.reporting.Cell."""
     return [{"table": table.name, "row": cell.row, "column": cell.column, "dataset": cell.run.dataset,
              "scale": scale, "metric": cell.metric, "runs": cell.run.files(paths, cell.file),
-             "reported": reported.get((table.name, cell.row, cell.column))}
+             **dict(zip(("reported", "reported_bound"), reported.get((table.name, cell.row, cell.column),
+                                                                      (None, None))))}
             for cell in table.cells]
 
 

@@ -3,8 +3,10 @@
 A table is a list of cells; a cell is one (row, column) of the paper's layout,
 one metric, and the runs — one per seed — it averages. The tidy csv has a row
 a cell: ``table, row, column, dataset, scale, metric, ours, ours_std,
-n_seeds, reported``; the markdown and LaTeX beside it show the same numbers
-wide, rows and columns in the order the cells were given.
+n_seeds, reported, reported_bound``; the markdown and LaTeX beside it show the
+same numbers wide, rows and columns in the order the cells were given.
+``reported_bound`` is empty, or the sign of a reported bound (">" where the
+source says only "more than 87%"), so ``reported`` stays a number.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import polars as pl
 from poisonlab.atomic import atomic_path
 from poisonlab.registry import ConfigError
 
-TABLE_COLUMNS = ("table", "row", "column", "dataset", "scale", "metric", "ours", "ours_std", "n_seeds", "reported")
+TABLE_COLUMNS = ("table", "row", "column", "dataset", "scale", "metric", "ours", "ours_std", "n_seeds", "reported",
+                 "reported_bound")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Cell:
     metric: str
     runs: tuple[str, ...]  # the json of its record (poisonlab.records), one a seed
     reported: float | None = None
+    reported_bound: str | None = None  # ">", "<", ">=" or "<=" when the source gives a bound
 
 
 def lookup(record: dict, metric: str, path: str | os.PathLike) -> float:
@@ -67,15 +71,15 @@ def build_table(cells: Sequence[Cell]) -> pl.DataFrame:
             "table": cell.table, "row": cell.row, "column": cell.column, "dataset": cell.dataset,
             "scale": cell.scale, "metric": cell.metric, "ours": series.mean(),
             "ours_std": series.std() if len(values) > 1 else None, "n_seeds": len(values),
-            "reported": cell.reported,
+            "reported": cell.reported, "reported_bound": cell.reported_bound,
         })
     schema = {"table": pl.String, "row": pl.String, "column": pl.String, "dataset": pl.String, "scale": pl.String,
               "metric": pl.String, "ours": pl.Float64, "ours_std": pl.Float64, "n_seeds": pl.Int64,
-              "reported": pl.Float64}
+              "reported": pl.Float64, "reported_bound": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 
-def _cell_text(row: dict, *, plus_minus: str) -> str:
+def _cell_text(row: dict, *, plus_minus: str, latex: bool = False) -> str:
     if row["ours"] is None or math.isnan(row["ours"]):
         return "–"  # e.g. a training loss that never fell below the threshold
     # Epoch counts are whole numbers a seed: one decimal keeps a mean over seeds without "5.00".
@@ -84,14 +88,17 @@ def _cell_text(row: dict, *, plus_minus: str) -> str:
     if row["ours_std"] is not None and not math.isnan(row["ours_std"]):
         text += f"{plus_minus}{row['ours_std']:.{digits}f}"
     if row["reported"] is not None:
-        text += f" ({row['reported']:.2f})"
+        bound = row.get("reported_bound") or ""
+        text += f" ({f'${bound}$' if latex and bound else bound}{row['reported']:.2f})"  # LaTeX sets > in math
     return text
 
 
-def _wide(table: pl.DataFrame, plus_minus: str) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
+def _wide(table: pl.DataFrame, plus_minus: str, latex: bool = False
+          ) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
     rows = list(dict.fromkeys(table["row"]))
     columns = list(dict.fromkeys(table["column"]))
-    texts = {(r["row"], r["column"]): _cell_text(r, plus_minus=plus_minus) for r in table.iter_rows(named=True)}
+    texts = {(r["row"], r["column"]): _cell_text(r, plus_minus=plus_minus, latex=latex)
+             for r in table.iter_rows(named=True)}
     return rows, columns, texts
 
 
@@ -110,7 +117,7 @@ def render_markdown(table: pl.DataFrame, title: str | None = None) -> str:
 
 
 def render_latex(table: pl.DataFrame, title: str | None = None) -> str:
-    rows, columns, texts = _wide(table, plus_minus=r" $\pm$ ")
+    rows, columns, texts = _wide(table, plus_minus=r" $\pm$ ", latex=True)
 
     def escape(text: str) -> str:
         return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")

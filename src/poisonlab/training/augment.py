@@ -30,7 +30,10 @@ Defaults, and where they come from:
   its own draw.
 - ``cutmix``: ``p`` is the chance that a batch is mixed at all; the
   projection's retraining uses β = 1, p = 0.5 (its ``--beta`` and
-  ``--cutmix_prob``), the AR paper's CutMix defense every batch (p = 1).
+  ``--cutmix_prob``, one draw a batch, as here). p = 1, the default, mixes
+  every batch once. (The AR repository's CutMix and MixUp defenses differ
+  again: per image, two rounds of p = 0.5 each, ``augmentations.py``; not
+  reproduced here.)
 """
 
 from __future__ import annotations
