@@ -131,6 +131,13 @@ def test_an_own_loss_without_ball_or_box(setup):
     assert ((x + delta) < 0).any() or ((x + delta) > 1).any()  # nothing held it in [0, 1]
 
 
+def test_a_step_size_schedule_is_read_at_every_step(setup):
+    """step_size as step index → size: on a loss rising along every coordinate, L∞ steps add up to its sum."""
+    _, x, _ = setup
+    delta = pgd(lambda z: z.sum(), x, epsilon=math.inf, step_size=lambda i: 0.1 * (i + 1), steps=3, box=None)
+    torch.testing.assert_close(delta, torch.full_like(x, 0.6))
+
+
 def test_expectation_over_transformation_draws_a_loss_per_sample(setup):
     """eot_samples=k evaluates the loss k times a step and steps along the summed gradient."""
     model, x, y = setup

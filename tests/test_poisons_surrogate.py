@@ -126,22 +126,6 @@ def test_tap_raises_the_clean_surrogates_error(small, monkeypatch, targeted):
         assert (predicted == (labels + 1) % 10).float().mean() > 0.3
 
 
-@pytest.mark.parametrize(("name", "family", "fixed"), [
-    ("em", error_minimizing.error_minimizing, {"name": "em", "classwise": False}),
-    ("em-class", error_minimizing.error_minimizing, {"name": "em-class", "classwise": True}),
-    ("tap", error_maximizing.error_maximizing, {"name": "tap", "targeted": True}),
-    ("tap-untargeted", error_maximizing.error_maximizing, {"name": "tap-untargeted", "targeted": False}),
-])
-def test_variants_are_their_family_with_keywords_fixed(small, name, family, fixed):
-    """A variant is a functools.partial of its family; what it fixes is not an option a config may change."""
-    variant = POISONS.get(name)
-    assert variant.func is family and variant.keywords == fixed
-    assert not set(fixed) & set(POISONS.options(name))
-    assert "epsilon" in POISONS.options(name)
-    with pytest.raises(ConfigError, match=f"unknown option.*{sorted(fixed)[-1]}"):
-        apply_poison(name, small, seed=0, params={sorted(fixed)[-1]: True})
-
-
 def test_em_steps_default_to_the_authors_per_variant(monkeypatch):
     """One family, two defaults: 20 PGD steps a batch sample-wise, 1 class-wise (counted on a 1-round run)."""
     images, labels = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 2

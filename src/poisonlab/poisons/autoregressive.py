@@ -14,6 +14,9 @@ its own noise from that process (sample-wise noise, class-wise process):
   CIFAR-10/100 and SVHN budget; STL-10 uses 3.0), ``ar-linf`` to an exact L∞
   norm ε = 8/255; the noise is added and the image clamped to [0, 1].
 
+Both are ``autoregressive`` with ``norm`` fixed by their registrations; the
+default ``epsilon`` follows the norm.
+
 Coefficients (option ``coefficients``): "published" loads the authors' files
 from ``coefficients_path`` (default ``../shared/data/ar-coefficients`` beside
 the repository): ``params-classes-10-mr-10.pt`` is a list of 10 tensors
@@ -40,6 +43,7 @@ noise is one matrix product, the raster fill (``ar_fill``) up to rounding.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -210,28 +214,22 @@ def class_coefficients(source: str, path: str | None, num_classes: int, shape: t
     return search_coefficients(num_classes, channels, height, width, generator)
 
 
+NORMS = {"l2": 2.0, "linf": float("inf")}
+DEFAULT_EPSILON = {"l2": 1.0, "linf": 8 / 255}  # the paper's CIFAR budgets
+
+
 @single_thread()
-def _poison(poison: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator,
-            *, norm: float, epsilon: float, coefficients: str, coefficients_path: str | None) -> torch.Tensor:
+def autoregressive(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                   name: str, norm: str, epsilon: float | None = None, coefficients: str = "auto",
+                   coefficients_path: str | None = None) -> torch.Tensor:
+    """AR noise of exact ``norm`` ``epsilon`` (L2 1.0: CIFAR-10/100, SVHN; L∞ 8/255) added to each image, clamped."""
+    epsilon = DEFAULT_EPSILON[norm] if epsilon is None else epsilon
+    check_budget(name, "epsilon", epsilon, maximum=1.0 if norm == "linf" else None)
     processes = class_coefficients(coefficients, coefficients_path, num_classes, tuple(images.shape), generator,
-                                   poison=poison)
-    delta = ar_perturbations(labels, processes, tuple(images.shape), generator, norm=norm, epsilon=epsilon)
+                                   poison=name)
+    delta = ar_perturbations(labels, processes, tuple(images.shape), generator, norm=NORMS[norm], epsilon=epsilon)
     return delta.to(images.device).add_(images).clamp_(0, 1)
 
 
-@POISONS.register("ar")
-def ar(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-       epsilon: float = 1.0, coefficients: str = "auto", coefficients_path: str | None = None) -> torch.Tensor:
-    """AR noise of exact L2 norm ``epsilon`` (1.0: CIFAR-10/100, SVHN) added to each image, clamped."""
-    check_budget("ar", "epsilon", epsilon)
-    return _poison("ar", images, labels, num_classes, generator, norm=2, epsilon=epsilon, coefficients=coefficients,
-                   coefficients_path=coefficients_path)
-
-
-@POISONS.register("ar-linf")
-def ar_linf(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-            epsilon: float = 8 / 255, coefficients: str = "auto", coefficients_path: str | None = None) -> torch.Tensor:
-    """AR noise of exact L∞ norm ``epsilon`` (8/255) added to each image, clamped."""
-    check_budget("ar-linf", "epsilon", epsilon, maximum=1.0)
-    return _poison("ar-linf", images, labels, num_classes, generator, norm=float("inf"), epsilon=epsilon,
-                   coefficients=coefficients, coefficients_path=coefficients_path)
+POISONS.register("ar")(partial(autoregressive, name="ar", norm="l2"))
+POISONS.register("ar-linf")(partial(autoregressive, name="ar-linf", norm="linf"))

@@ -30,6 +30,8 @@ a class's noise does not depend on which other classes are present.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -91,23 +93,14 @@ def random_noise_bernoulli(images: torch.Tensor, labels: torch.Tensor, *, num_cl
     return _add_classwise(images, labels, noise)
 
 
-def _regions(poison: str, grid: int, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             generator: torch.Generator, epsilon: float) -> torch.Tensor:
-    check_budget(poison, "epsilon", epsilon, maximum=1.0)
+def regions(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator, name: str,
+            grid: int, epsilon: float = LINF_8) -> torch.Tensor:
+    """Class-wise ±``epsilon`` colour offsets on a ``grid`` × ``grid`` of regions (ε = 8/255)."""
+    check_budget(name, "epsilon", epsilon, maximum=1.0)
     noise = regions_pattern(images.shape, num_classes=num_classes, generator=generator, epsilon=epsilon,
-                            grid=grid, poison=poison)
+                            grid=grid, poison=name)
     return _add_classwise(images, labels, noise)
 
 
-@POISONS.register("regions-4")
-def regions_4(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-              epsilon: float = LINF_8) -> torch.Tensor:
-    """Class-wise ±``epsilon`` colour offsets on a 2×2 grid of regions (ε = 8/255)."""
-    return _regions("regions-4", 2, images, labels, num_classes, generator, epsilon)
-
-
-@POISONS.register("regions-16")
-def regions_16(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-               epsilon: float = LINF_8) -> torch.Tensor:
-    """Class-wise ±``epsilon`` colour offsets on a 4×4 grid of regions (ε = 8/255)."""
-    return _regions("regions-16", 4, images, labels, num_classes, generator, epsilon)
+POISONS.register("regions-4")(partial(regions, name="regions-4", grid=2))
+POISONS.register("regions-16")(partial(regions, name="regions-16", grid=4))
