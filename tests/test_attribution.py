@@ -398,3 +398,28 @@ def test_ssl_pretraining_resumes_to_the_same_backbone(tmp_path, monkeypatch) -> 
     assert [row["ssl_loss"] for row in resumed["history"]] == [row["ssl_loss"] for row in whole["history"]]
     a, b = (torch.load(tmp_path / d / "backbone.pt", weights_only=True)["body"] for d in ("whole", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_support_summary_over_targets() -> None:
+    from poisonlab.attribution.support import summarize_supports
+
+    summary = summarize_supports([50, 100, None, 200, 100], 400, n_boot=500)
+    assert summary["median"] == 100 and summary["mean_flipped"] == pytest.approx(112.5)
+    assert summary["pct_flipped"] == 80.0
+    low, high = summary["pct_flipped_ci"]
+    assert low <= 80.0 <= high and summary["pct_flipped_sd"] > 0
+    assert summarize_supports([None, None, 50], 400, n_boot=100)["median"] is None  # the median target is "> K"
+
+
+def test_reference_predictions_from_saved_models(tmp_path) -> None:
+    from poisonlab.attribution.retrain import load_classifier, predict_probs
+
+    ds = quadrant_dataset(n_train=128, n_test=16)
+    retrainer = Retrainer("tinycnn", Recipe(epochs=3, batch_size=32, lr=0.05, precision="fp32"), 4, "cpu")
+    model, logits = retrainer.train(ds.x_train, ds.y_train, ds.x_test, seed=0)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    loaded = load_classifier(tmp_path / "model.pt", "tinycnn", num_classes=4, in_channels=1, image_size=8)
+    probs = predict_probs([loaded], ds.x_train, ds.y_train, ds.x_test, num_classes=4)
+    assert probs.shape == (1, 16, 4)
+    np.testing.assert_allclose(probs[0].sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(probs[0].argmax(1), logits.argmax(1))

@@ -10,6 +10,7 @@ probe spends its time training.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,22 @@ class Retrainer:
         """Whether a model retrained on the given data classifies the target correctly (one probe retrain)."""
         _, logits = self.train(x_train, y_train, x_target[None], seed=seed)
         return bool(logits[0].argmax() == y_target)
+
+
+def load_classifier(path: str | os.PathLike, arch: str, *, num_classes: int, in_channels: int, image_size: int
+                    ) -> torch.nn.Module:
+    """A trained run's ``model.pt`` (weights only), rebuilt as ``arch``: reference models, TRAK's checkpoints."""
+    model = build_model(arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def predict_probs(models: list[torch.nn.Module], x_train: np.ndarray, y_train: np.ndarray, x: np.ndarray, *,
+                  num_classes: int, precision: str = "fp32", device: str = "cpu") -> np.ndarray:
+    """(models, images, classes) softmax of each model on ``x``, normalised by the training set's statistics
+    (as the trainer normalised them): the reference predictions targets and flip classes come from."""
+    data = _device_data(x_train, y_train, x[:1], num_classes, pick_device(device))
+    return np.stack([softmax(logits_of(m.to(data.x_train.device), data, x, precision)) for m in models])
 
 
 def _device_data(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, num_classes: int,

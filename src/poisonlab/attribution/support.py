@@ -208,3 +208,44 @@ def support_unit(*, kind: str, ranking: np.ndarray, target: int, flip_to: int, x
             "max_k": result.max_k, "grid": [int(k) for k in grid], "retrains": retrains, "probes": result.probes,
             "models_trained": sum(len(row["votes"]) for row in result.probes), "models_trained_now": trained,
             "seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- summary over targets (a table cell)
+
+
+def summarize_supports(supports: Sequence[int | None], max_k: int, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The paper's support statistics over targets, with bootstrap intervals over targets (2.5–97.5%).
+
+    ``None`` is "> K". The median counts it as larger than every k (so the median itself can be "> K",
+    returned as None); the mean is over the flipped targets only; ``pct_flipped`` is the share within K.
+    Intervals: percentiles of the statistic over ``n_boot`` resamples of the targets (None where a
+    resample's median is "> K" at that percentile, or no resample flips); ``*_sd`` their spread, for
+    the tables' ``ours_std``.
+    """
+    values = np.array([np.inf if v is None else float(v) for v in supports])
+    if not len(values):
+        raise ConfigError("summarize_supports: no targets")
+    rng = np.random.default_rng(seed)
+    samples = values[rng.integers(0, len(values), (n_boot, len(values)))]
+    medians = np.median(samples, axis=1)
+    shares = 100.0 * np.isfinite(samples).mean(1)
+    flipped_means = np.array([row[np.isfinite(row)].mean() for row in samples if np.isfinite(row).any()])
+
+    def finite(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    def interval(x: np.ndarray) -> list[float | None]:
+        # Order statistics, not interpolated percentiles: a statistic can be inf ("> K"), and inf − inf is NaN.
+        ordered = np.sort(x)
+        return [finite(ordered[int(0.025 * (len(x) - 1))]), finite(ordered[math.ceil(0.975 * (len(x) - 1))])] \
+            if len(x) else [None, None]
+
+    flipped = values[np.isfinite(values)]
+    return {"targets": len(values), "max_k": int(max_k),
+            "median": finite(np.median(values)), "median_ci": interval(medians),
+            "mean_flipped": float(flipped.mean()) if len(flipped) else None,
+            "mean_flipped_ci": interval(flipped_means),
+            "mean_flipped_sd": float(flipped_means.std()) if len(flipped_means) else None,
+            "pct_flipped": 100.0 * len(flipped) / len(values), "pct_flipped_ci": interval(shares),
+            "pct_flipped_sd": float(shares.std())}
+
