@@ -36,7 +36,7 @@ def mnist5k() -> ImageDataset:
 
 @pytest.fixture(scope="module")
 def small(mnist5k) -> ImageDataset:
-    """40 training and 20 test digits a class: meta-train pools of 40 a class, meta-test of 60."""
+    """40 training and 20 test digits a class: pools of 60 a class."""
     return stratified_subset(mnist5k, train=400, test=200, seed=0)
 
 
@@ -64,15 +64,37 @@ def test_registries_name_the_papers_models_methods_and_splits():
         assert len({*split.train, *split.val, *split.test}) == sum(sizes)  # disjoint phases
 
 
+def test_the_paper_recipe_runs_at_0_1_until_epoch_19_then_at_0_006():
+    recipe = FewShotRecipe.from_dict({"augment": {"crop": {"padding": 4, "mode": "constant"}, "jitter": {},
+                                                  "flip": {}}})
+    assert (recipe.way, recipe.shot, recipe.query, recipe.episodes_per_step) == (20, 5, 15, 8)
+    optimizer = recipe.optimization().make_optimizer([torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["weight_decay"] == 5e-4
+    steps_per_epoch = 3  # the schedule counts epochs; the paper's 1,000 steps would only make this slow
+    schedule = recipe.optimization().make_scheduler(optimizer, steps_per_epoch=steps_per_epoch)
+    rates = {}
+    for step in range(recipe.epochs * steps_per_epoch):
+        rates.setdefault(step // steps_per_epoch + 1, optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[1] == rates[19] == 0.1 and rates[20] == rates[30] == pytest.approx(0.006)  # 1-based epochs
+    with pytest.raises(ConfigError, match="unknown key"):
+        FewShotRecipe.from_dict({"ways": 5})
+    with pytest.raises(ConfigError, match="unknown augmentation 'blur'"):
+        FewShotRecipe.from_dict({"augment": {"blur": {}}})
+
+
 # ---------------------------------------------------------------- episodes
 
 
-def test_pools_hold_disjoint_classes_and_meta_train_reads_only_training_images(mnist5k):
+def test_pools_hold_disjoint_classes_with_all_their_images(mnist5k):
     pools = class_pools(mnist5k, "mnist5k")
     assert set(pools) == {"train", "test"}  # no meta-val classes at this scale
     assert pools["train"].classes == tuple("01234") and pools["test"].classes == tuple("56789")
-    assert pools["train"].counts.tolist() == [400] * 5  # the container's training split only
-    assert pools["test"].counts.tolist() == [500] * 5  # unseen classes: all their images
+    assert pools["train"].counts.tolist() == pools["test"].counts.tolist() == [500] * 5  # train + test split
+    digits = [int(mnist5k.classes[y]) for y in mnist5k.y_train]
+    zeros = pools["train"].images[pools["train"].members[0, :400]]  # class 0's training images come first
+    assert torch.equal(zeros, torch.from_numpy(mnist5k.x_train[np.array(digits) == 0].transpose(0, 3, 1, 2)))
     padded = class_pools(mnist5k, "mnist5k", pad_to=32)["test"]
     assert padded.image_shape == (1, 32, 32)
     assert torch.equal(padded.images[:, :, 2:30, 2:30], pools["test"].images) and padded.images[:, :, :2].sum() == 0

@@ -5,11 +5,9 @@ registered under the dataset it applies to. ``class_pools`` turns a split and a 
 one ``ClassPool`` a phase: the images of that phase's classes, relabelled 0..C-1, as one uint8 NCHW tensor
 on the device (the sampler's input; no DataLoader).
 
-Which images each phase takes:
-
-- meta-train: the classes' **training-split** images only, so a container's test images of a training class
-  never reach a model (the project's containers split every class 80/20);
-- meta-val and meta-test: all images of their classes (train and test split), since no model has seen them.
+Each phase takes all images of its classes, from the container's training and test splits alike: the
+container's split is a classifier's, while few-shot learning splits by class, and CIFAR-FS and miniImageNet
+hold all 600 images of each class (CIFAR-100's 500 + 100) in whichever phase the class is.
 
 The splits:
 
@@ -193,7 +191,7 @@ def class_pools(dataset: ImageDataset, split: str | ClassSplit, device: torch.de
         wanted = np.array([known[name] for name in names])
         relabel = np.full(len(known), -1)  # dataset label → position in the phase's listed classes
         relabel[wanted] = np.arange(len(wanted))
-        splits = [(dataset.x_train, dataset.y_train)] + ([] if phase == "train" else [(dataset.x_test, dataset.y_test)])
+        splits = [(dataset.x_train, dataset.y_train), (dataset.x_test, dataset.y_test)]
         keep = [np.isin(y, wanted) for _, y in splits]
         images = np.concatenate([x[k] for (x, _), k in zip(splits, keep)])
         labels = relabel[np.concatenate([y[k] for (_, y), k in zip(splits, keep)])]
