@@ -215,20 +215,25 @@ def seeded_global_rng(generator: torch.Generator, device: torch.device) -> Itera
         yield
 
 
-def _kornia(module_factory: Callable[[], torch.nn.Module], *, keep_dtype: bool) -> Augmentation:
-    """A kornia augmentation on the [0, 255] batch: scaled to [0, 1] for it, in float32, and back.
+def _kornia(name: str, *, keep_dtype: bool, **options) -> Augmentation:
+    """kornia.augmentation.<name>(**options) on the [0, 255] batch: scaled to [0, 1] for it, in float32, and back.
 
     ``keep_dtype``: geometric ones with nearest-neighbour sampling only move pixels, so a uint8
-    batch stays uint8; colour ones return float32.
+    batch stays uint8; colour ones return float32. kornia is imported at the first batch, not when
+    the recipe is built: every pipeline job validates every recipe, and the import costs ~1 s.
     """
-    module = module_factory()
+    modules: list[torch.nn.Module] = []
 
     def apply(x, y, generator):
+        if not modules:
+            import kornia.augmentation as K
+
+            modules.append(getattr(K, name)(**options))
         if keep_dtype and y.dim() != 2:  # kornia moves the image alone: a label map would no longer match it
             raise ConfigError("rotate and affine take class labels only, not segmentation maps")
         # Full precision: the training step's bf16 autocast must not round the pixels.
         with seeded_global_rng(generator, x.device), torch.autocast(x.device.type, enabled=False):
-            out = module(x.float() / 255).mul_(255)
+            out = modules[0](x.float() / 255).mul_(255)
         return (out.round_().to(x.dtype) if keep_dtype and x.dtype == torch.uint8 else out), y
 
     return apply
@@ -239,9 +244,7 @@ def random_rotation(*, degrees: float = 10.0) -> Augmentation:
     """Rotate each image by an angle U(−degrees, degrees), nearest neighbour, zero fill (RandomRotation)."""
     if not degrees > 0:
         raise ConfigError(f"rotate.degrees must be > 0; got {degrees}")
-    import kornia.augmentation as K  # here: importing kornia takes seconds and few recipes rotate
-
-    return _kornia(lambda: K.RandomRotation(degrees, resample="nearest", p=1.0), keep_dtype=True)
+    return _kornia("RandomRotation", keep_dtype=True, degrees=degrees, resample="nearest", p=1.0)
 
 
 @AUGMENTATIONS.register("affine")
@@ -256,10 +259,8 @@ def random_affine(*, degrees: float = 0.0, shear: float = 10.0, scale: tuple[flo
     low, high = scale
     if not 0 < low <= high:
         raise ConfigError(f"affine.scale must be [low, high] with 0 < low <= high; got {list(scale)}")
-    import kornia.augmentation as K
-
-    return _kornia(lambda: K.RandomAffine(degrees, shear=shear or None, scale=(low, high), resample="nearest",
-                                          padding_mode="zeros", p=1.0), keep_dtype=True)
+    return _kornia("RandomAffine", keep_dtype=True, degrees=degrees, shear=shear or None, scale=(low, high),
+                   resample="nearest", padding_mode="zeros", p=1.0)
 
 
 @AUGMENTATIONS.register("color-jitter")
@@ -269,9 +270,8 @@ def color_jitter(*, brightness: float = 0.2, contrast: float = 0.2, saturation: 
     if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
         raise ConfigError("color-jitter: brightness, contrast and saturation must be >= 0 and hue in [0, 0.5]; "
                           f"got {brightness}, {contrast}, {saturation}, {hue}")
-    import kornia.augmentation as K
-
-    return _kornia(lambda: K.ColorJitter(brightness, contrast, saturation, hue, p=1.0), keep_dtype=False)
+    return _kornia("ColorJitter", keep_dtype=False, brightness=brightness, contrast=contrast, saturation=saturation,
+                   hue=hue, p=1.0)
 
 
 def build_augmentations(spec: dict[str, dict] | None) -> list[Augmentation]:
