@@ -276,11 +276,11 @@ def test_sd_edits_run_offline_and_inpainting_keeps_the_unmasked_region(sd_models
     images = build_photos("skimage-photos", count=2, size=16).tensor()
     masks = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     masks[:, :, 4:12, 4:12] = True
-    img2img = build_editor("sd-img2img", path="unused", model=sd_models["img2img"], steps=2)
+    img2img = build_editor("sd-img2img", model=sd_models["img2img"], steps=2)
     edited = img2img.apply(images)
     assert edited.shape == images.shape and 0 <= edited.min() and edited.max() <= 1
     assert torch.equal(edited, img2img.apply(images))  # the seed fixes the noise
-    inpaint = build_editor("sd-inpaint", path="unused", model=sd_models["inpaint"], steps=2)
+    inpaint = build_editor("sd-inpaint", model=sd_models["inpaint"], steps=2)
     repainted = inpaint.apply(images, masks=masks)
     assert torch.equal(repainted[~masks.expand_as(images)], images[~masks.expand_as(images)])
     assert not torch.equal(repainted[masks.expand_as(images)], images[masks.expand_as(images)])

@@ -102,10 +102,12 @@ def sd_edit(model: SDModel, images: torch.Tensor, *, masks: torch.Tensor | None,
 
 
 def _sd_editor(kind: str, default_prompt: str, **defaults):
-    def build(*, path: str, seed: int = defaults["seed"], strength: float = defaults["strength"],
+    def build(*, path: str | None = None, seed: int = defaults["seed"], strength: float = defaults["strength"],
               guidance_scale: float = 7.5, steps: int = defaults["steps"], eta: float = defaults["eta"],
               prompt: str | None = None, dtype: str = "float32", device: str = "cpu",
               model: SDModel | None = None) -> Editor:
+        if model is None and path is None:
+            raise ConfigError(f"editor 'sd-{kind}' needs option path: a local diffusers folder of SD weights")
         sd = model or load_sd(path, kind, dtype=dtype, device=device)
 
         def apply(images, *, masks=None, prompts=None):

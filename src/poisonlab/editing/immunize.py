@@ -138,7 +138,6 @@ def immunize_photos(photos, immunizer: str, model, *, options: dict | None = Non
     targets = images.roll(-1, 0) if attack.targeted else None
     generator = torch.Generator(device="cpu").manual_seed(seed)
     immunized = attack.apply(model, images, targets=targets, masks=photos.mask_tensor(device), generator=generator)
+    target = "next photo" if attack.targeted else "none" if immunizer == "none" else "zero"
     return photos.with_images(immunized, immunizer=immunizer, immunizer_options=options, immunizer_seed=seed,
-                              target="next photo" if attack.targeted else ("zero latent" if immunizer != "none"
-                                                                             else "none"),
-                              immunized_against=getattr(model, "name", type(model).__name__))
+                              target=target, immunized_against=getattr(model, "name", type(model).__name__))

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from poisonlab.editing.autoencoders import LatentAutoencoder
 from poisonlab.editing.edits import Editor
 from poisonlab.editing.immunize import build_immunizer, immunize_photos
 from poisonlab.editing.metrics import cell_metrics, summarize
@@ -23,10 +24,13 @@ from poisonlab.editing.purify import QUALITIES, jpeg_photos
 NO_JPEG = "none"  # the quality column of the unpurified immunized photos
 
 
-def jpeg_sweep(photos: PhotoSet, model, editor: Editor, immunizers: dict[str, tuple[str, dict[str, Any]]], *,
-               qualities: tuple[int, ...] = QUALITIES, seed: int = 0) -> tuple[list[dict[str, Any]], dict]:
+def jpeg_sweep(photos: PhotoSet, model: LatentAutoencoder, editor: Editor,
+               immunizers: dict[str, tuple[str, dict[str, Any]]], *, qualities: tuple[int, ...] = QUALITIES,
+               seed: int = 0, attacked=None) -> tuple[list[dict[str, Any]], dict]:
     """Every row of ``immunizers`` (table row → (registered immunizer, its options), e.g.
-    ``{"encoder-eps8": ("encoder", {"epsilon": 8 / 255, ...})}``) at every quality.
+    ``{"encoder-eps8": ("encoder", {"epsilon": 8 / 255, ...})}``) at every quality. ``model`` is the
+    autoencoder progress is measured in; ``attacked`` what the immunizers attack, when not ``model``
+    (the diffusion attack's ``SDModel``, whose VAE is ``model``).
 
     Returns the records (one a cell: row, immunizer, quality, per-photo values, means ± std) and the
     image sets (``{(row, quality): PhotoSet}``, quality ``"none"`` before JPEG; row ``"none"`` the
@@ -36,7 +40,7 @@ def jpeg_sweep(photos: PhotoSet, model, editor: Editor, immunizers: dict[str, tu
     seconds: dict[str, float] = {}
     for row, (name, options) in {"none": ("none", {}), **immunizers}.items():
         started = time.perf_counter()
-        sets[row, NO_JPEG] = immunize_photos(photos, name, model, options=options, seed=seed)
+        sets[row, NO_JPEG] = immunize_photos(photos, name, attacked or model, options=options, seed=seed)
         seconds[row] = time.perf_counter() - started
         for quality in qualities:
             sets[row, quality] = jpeg_photos(sets[row, NO_JPEG], quality)
@@ -51,7 +55,7 @@ def jpeg_sweep(photos: PhotoSet, model, editor: Editor, immunizers: dict[str, tu
                                      purified=sets[row, quality].tensor(), purified_clean=sets["none", quality].tensor(),
                                      targets=targets, masks=masks, prompts=prompts)
             records.append({"row": row, "immunizer": name, "immunizer_options": options, "jpeg_quality": quality,
-                            "autoencoder": getattr(model, "name", "sd"), "editor": editor.name, "seed": seed,
+                            "autoencoder": model.name, "editor": editor.name, "seed": seed,
                             "photos": list(photos.names), "immunize_seconds": seconds[row],
                             **summarize(per_photo), "per_photo": per_photo})
     return records, sets
