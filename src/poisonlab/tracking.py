@@ -44,11 +44,6 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-METRICS_KEYS = (
-    "dataset", "poison", "defense", "arch", "recipe", "seed", "epochs", "final_test_acc",
-    "peak_test_acc", "peak_epoch", "history", "wall_seconds", "device", "mlflow_run_id", "git_commit",
-)
-
 
 def project_root() -> Path:
     """The nearest folder upwards from the working directory holding a Snakefile or pyproject.toml."""
