@@ -8,7 +8,7 @@ import torch
 from poisonlab.models import MODELS, Classifier, build_model
 from poisonlab.registry import ConfigError
 
-ARCHS = ["densenet121", "mobilenetv2", "resnet18", "smallcnn", "vgg16", "vit-small"]
+ARCHS = ["densenet121", "mobilenetv2", "resnet18", "resnet9", "smallcnn", "tinycnn", "vgg16", "vit-small"]
 # (in_channels, image_size, num_classes): MNIST-shaped and CIFAR-shaped inputs.
 SHAPES = [(1, 28, 10), (3, 32, 7)]
 
