@@ -135,9 +135,20 @@ def immunize_photos(photos, immunizer: str, model, *, options: dict | None = Non
     images = photos.tensor(device)
     if attack.targeted and len(photos) < 2:
         raise ConfigError(f"immunizer '{immunizer}' needs at least two photos: each is pulled towards another's latent")
-    targets = images.roll(-1, 0) if attack.targeted else None
+    targets = next_photos(images) if attack.targeted else None
     generator = torch.Generator(device="cpu").manual_seed(seed)
     immunized = attack.apply(model, images, targets=targets, masks=photos.mask_tensor(device), generator=generator)
     target = "next photo" if attack.targeted else "none" if immunizer == "none" else "zero"
     return photos.with_images(immunized, immunizer=immunizer, immunizer_options=options, immunizer_seed=seed,
                               target=target, immunized_against=getattr(model, "name", type(model).__name__))
+
+
+def next_photos(images: torch.Tensor) -> torch.Tensor:
+    """Each photo's target: the next photo of the set, the last's the first."""
+    return images.roll(-1, 0)
+
+
+def target_photos(clean, immunized) -> torch.Tensor | None:
+    """The targets ``immunized`` (a ``PhotoSet`` from ``immunize_photos``) was pulled towards, from the clean
+    ``PhotoSet``; None for an untargeted immunizer (its target is the zero latent) — what metrics need."""
+    return next_photos(clean.tensor()) if immunized.meta.get("target") == "next photo" else None

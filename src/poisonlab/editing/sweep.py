@@ -16,7 +16,7 @@ import torch
 
 from poisonlab.editing.autoencoders import LatentAutoencoder
 from poisonlab.editing.edits import Editor
-from poisonlab.editing.immunize import build_immunizer, immunize_photos
+from poisonlab.editing.immunize import immunize_photos, target_photos
 from poisonlab.editing.metrics import cell_metrics, summarize
 from poisonlab.editing.photos import PhotoSet
 from poisonlab.editing.purify import QUALITIES, jpeg_photos
@@ -49,7 +49,7 @@ def jpeg_sweep(photos: PhotoSet, model: LatentAutoencoder, editor: Editor,
     prompts = None if photos.prompts is None else list(photos.prompts)
     records = []
     for row, (name, options) in immunizers.items():
-        targets = clean.roll(-1, 0) if build_immunizer(name, **options).targeted else None
+        targets = target_photos(photos, sets[row, NO_JPEG])
         for quality in (NO_JPEG, *qualities):
             per_photo = cell_metrics(model, editor, clean=clean, immunized=sets[row, NO_JPEG].tensor(),
                                      purified=sets[row, quality].tensor(), purified_clean=sets["none", quality].tensor(),
