@@ -286,6 +286,8 @@ def test_sd_edits_run_offline_and_inpainting_keeps_the_unmasked_region(sd_models
     assert not torch.equal(repainted[masks.expand_as(images)], images[masks.expand_as(images)])
     with pytest.raises(ConfigError, match="local diffusers folder"):
         diffusion.load_sd("/no/such/folder", "img2img")
+    vae = build_autoencoder("sd-vae", path=sd_models["img2img"].path)  # the pipeline folder's vae/
+    assert vae.encode(images).shape == (2, 4, 8, 8) and vae.decode(vae.encode(images)).shape == images.shape
 
 
 @pytest.mark.parametrize("kind", diffusion.KINDS)

@@ -159,11 +159,12 @@ class DiffusersVAE(LatentAutoencoder):
         super().__init__()
         self.vae = vae
 
+    # In the VAE's dtype (fp16 at the paper scale, as PhotoGuard ran it), out in float32.
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images * 2 - 1).latent_dist.mean
+        return self.vae.encode((images * 2 - 1).to(self.vae.dtype)).latent_dist.mean.float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return (self.vae.decode(latents).sample / 2 + 0.5).clamp(0, 1)
+        return (self.vae.decode(latents.to(self.vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
 
 
 @AUTOENCODERS.register("sd-vae")

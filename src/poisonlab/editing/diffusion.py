@@ -52,6 +52,7 @@ class SDModel:
 
     pipe: object
     kind: str
+    path: str  # the folder it was loaded from: its vae/ is the ``sd-vae`` autoencoder progress is measured in
     name: str = "sd"
 
     @property
@@ -73,7 +74,7 @@ def load_sd(path: str, kind: str, *, dtype: str = "float32", device: str = "cpu"
     pipe = cls.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype),
                                safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return SDModel(pipe.to(device), kind)
+    return SDModel(pipe.to(device), kind, str(path))
 
 
 # ---------------------------------------------------------------- edits

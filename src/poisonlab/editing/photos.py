@@ -192,7 +192,8 @@ def folder_photos(*, path: str, size: int = 512) -> PhotoSet:
             masks.append(np.asarray(_square(mask.convert("L"), size, resample=Image.NEAREST)) >= 128)
     prompts = None
     if (root / "prompts.yaml").exists():
-        table = yaml.safe_load((root / "prompts.yaml").read_text()) or {}
+        # Keys as strings: YAML reads a stem such as 001 as a number.
+        table = {str(k): v for k, v in (yaml.safe_load((root / "prompts.yaml").read_text()) or {}).items()}
         lacking = [s for s in stems if s not in table]
         if lacking:
             raise ConfigError(f"photo set 'folder': prompts.yaml lacks a prompt for {', '.join(lacking)}")
