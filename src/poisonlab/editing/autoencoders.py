@@ -28,7 +28,8 @@ from torch import nn
 
 from poisonlab.registry import ConfigError, Registry
 
-# The checked files: name → sha256 (``../shared/data/README.md``; madebyollin/taesd @ 5cccb12dc72074a4be35680c3b108548a7c69978).
+# The checked files: name → sha256 (``../shared/data/README.md``;
+# madebyollin/taesd @ 5cccb12dc72074a4be35680c3b108548a7c69978).
 TAEF2_FILES = {
     "taef2_encoder.pth": "10a4e1021e89d7551eaf161352da8dbd0b1aa83872ae28b150c1df1ce2f147b6",
     "taef2_decoder.pth": "0a44a31e1ae59eb9dbf9359d24942fd3ef5928162c1800d97a28c61d51be0ab5",

@@ -176,7 +176,8 @@ def folder_photos(*, path: str, size: int = 512) -> PhotoSet:
     root = Path(path)
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
     if not files:
-        raise ConfigError(f"photo set 'folder': path {path} must be a folder holding images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ConfigError(f"photo set 'folder': path {path} must be a folder holding images "
+                          f"({', '.join(IMAGE_SUFFIXES)})")
     stems = [p.stem for p in files]
     images, masks = [], []
     for file in files:

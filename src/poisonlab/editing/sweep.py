@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
 from poisonlab.editing.autoencoders import LatentAutoencoder
 from poisonlab.editing.edits import Editor
 from poisonlab.editing.immunize import immunize_photos, target_photos
@@ -52,7 +50,8 @@ def jpeg_sweep(photos: PhotoSet, model: LatentAutoencoder, editor: Editor,
         targets = target_photos(photos, sets[row, NO_JPEG])
         for quality in (NO_JPEG, *qualities):
             per_photo = cell_metrics(model, editor, clean=clean, immunized=sets[row, NO_JPEG].tensor(),
-                                     purified=sets[row, quality].tensor(), purified_clean=sets["none", quality].tensor(),
+                                     purified=sets[row, quality].tensor(),
+                                     purified_clean=sets["none", quality].tensor(),
                                      targets=targets, masks=masks, prompts=prompts)
             records.append({"row": row, "immunizer": name, "immunizer_options": options, "jpeg_quality": quality,
                             "autoencoder": model.name, "editor": editor.name, "seed": seed,
