@@ -108,9 +108,12 @@ def batch_stream(n: int, batch_size: int, generator: torch.Generator, device: to
 def augmenter(image_size: int, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
     """Random crop (reflect-padded by 1/8 of the side: 4 px on CIFAR) and flip, differentiable in the pixels.
 
-    The crop is a gather and the flip a select, so gradients reach the un-augmented image.
+    The crop is a gather and the flip a select, so gradients reach the un-augmented image. Reflect, not the
+    training recipes' zero fill: the surrogate poisons' documented choice (``error_maximizing``), and what
+    their outputs were measured with.
     """
-    augmentations = build_augmentations({"crop": {"padding": max(1, image_size // 8)}, "flip": {}})
+    crop = {"padding": max(1, image_size // 8), "mode": "reflect"}
+    augmentations = build_augmentations({"crop": crop, "flip": {}})
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         targets = x.new_empty(len(x), 0)  # labels do not change under crop and flip
