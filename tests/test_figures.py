@@ -60,8 +60,9 @@ def containers(tmp_path) -> tuple[str, str, np.ndarray]:
 
 
 def test_registered_figures():
-    assert FIGURES.names() == sorted(["accuracy-over-epochs", "loss-speed-vs-peak", "dfr-over-epochs",
-                                      "sharpening-examples", "perturbations-per-class"])
+    # The papers' packages (attribution, ...) register theirs when imported, so other tests may add names.
+    assert {"accuracy-over-epochs", "loss-speed-vs-peak", "dfr-over-epochs", "sharpening-examples",
+            "perturbations-per-class"} <= set(FIGURES.names())
 
 
 def test_unknown_figure_names_the_known_ones():

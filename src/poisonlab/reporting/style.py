@@ -45,6 +45,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "p", "h", "<", ">", "d")
 MAX_LINES = 8  # more lines than this in one axes are split into facets
 # Where a scatter label may go, in points from its point, tried in this order: close first, diagonals first.
 LABEL_RADII = (7, 14, 22, 32, 44, 58, 74, 92, 112)
+LABEL_CLEARANCE = 8  # points between a label and any point but its own, where there is room
 LABEL_ANGLES = (45, 135, -45, -135, 0, 180, 90, -90, 22.5, 157.5, -22.5, -157.5, 67.5, 112.5, -67.5, -112.5)
 CAPTION_SIZE = 7
 
@@ -65,7 +66,7 @@ STYLES: dict[str, dict[str, Style]] = {
         "em": (BLUE, "o"), "em-class": (CYAN, "s"), "rem": (PURPLE, "D"),
         "tap": (RED, "^"), "tap-untargeted": (ORANGE, "v"),
         "regions-4": (OLIVE, "P"), "regions-16": (GREEN, "X"), "random-noise": (GRAY, "*"), "lsp": (BROWN, "p"),
-        "ops": (PINK, "h"),
+        "ops": (PINK, "h"), "random-noise-bernoulli": (PURPLE, "d"),
         "ar": (GREEN, ">"), "ar-linf": (CYAN, "<"), "cuda": (ORANGE, "d"),
     }),
     "defense": _styles({
@@ -96,7 +97,7 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
     "poison": {
         "error-minimizing": ("em", "em-class", "rem"),
         "error-maximizing": ("tap", "tap-untargeted"),
-        "synthetic noise": ("regions-4", "regions-16", "random-noise", "lsp", "ops"),
+        "synthetic noise": ("regions-4", "regions-16", "random-noise", "random-noise-bernoulli", "lsp", "ops"),
         "autoregressive and convolution": ("ar", "ar-linf", "cuda"),
     },
     "defense": {
@@ -186,9 +187,16 @@ def _overlap(box: Bbox, others: list[Bbox]) -> float:
                for o in others)
 
 
+def _distance(box: Bbox, point) -> float:
+    """From ``point`` to the nearest point of ``box`` (0 inside it)."""
+    x, y = point
+    return math.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
+
+
 def place_labels(ax: Axes, points: Sequence[tuple[float, float]], labels: Sequence[str], *,
                  fontsize: float = 8, marker_points: float = 6) -> None:
-    """Label each point with a text that overlaps no other label, no point and stays inside the axes.
+    """Label each point with a text that overlaps no other label, no point, stays inside the axes and keeps
+    clear of the other points (so it reads as its own point's).
 
     Greedy: each label takes the first free spot on rings of growing radius around its point (a thin
     leader line when it had to move away); the crowdest points choose first. Positions are offsets in
@@ -202,6 +210,7 @@ def place_labels(ax: Axes, points: Sequence[tuple[float, float]], labels: Sequen
     reach = _pixels(figure, marker_points)
     obstacles = [Bbox.from_extents(x - reach, y - reach, x + reach, y + reach) for x, y in anchors]
     crowding = [sum(math.dist(a, b) < 12 * reach for b in anchors) for a in anchors]
+    clearance = _pixels(figure, LABEL_CLEARANCE)
     placed: list[Bbox] = []
     for index in sorted(range(len(points)), key=lambda i: -crowding[i]):
         own = [o for k, o in enumerate(obstacles) if k != index]
@@ -213,7 +222,9 @@ def place_labels(ax: Axes, points: Sequence[tuple[float, float]], labels: Sequen
             text.remove()
             fits = all((inside.containsx(box.x0), inside.containsx(box.x1), inside.containsy(box.y0),
                         inside.containsy(box.y1)))
-            cost = _overlap(box, placed + own) + (0.0 if fits else box.width * box.height)
+            # A label close to another point reads as that point's: keep CLEARANCE from the others if possible.
+            crowded = sum(max(0.0, clearance - _distance(box, xy)) for k, xy in enumerate(anchors) if k != index)
+            cost = _overlap(box, placed + own) + (0.0 if fits else box.width * box.height) + crowded
             if best is None or cost < best[0]:
                 best = (cost, offset, box)
             if cost == 0:
