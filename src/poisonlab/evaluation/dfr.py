@@ -27,9 +27,11 @@ psandovalsegura/learn-from-unlearnable:
   running statistics towards the clean, augmented images, so the layer is
   scored (eval mode) with statistics re-estimated on clean data. The original
   recomputes the whole network in every LBFGS evaluation; the frozen body's
-  output for a minibatch is the same each time, so here it is computed once,
-  and the running statistics get the update of the n forward passes the
-  original made (momentum m applied n times is one update of 1 − (1 − m)ⁿ).
+  output for a minibatch is the same each time, so here it is computed once
+  (one forward instead of up to 21 a minibatch), and the running statistics
+  get the update of the n forward passes the original made, from the batch
+  statistics that one pass saw (momentum m applied n times is one update of
+  1 − (1 − m)ⁿ; a cumulative average after t batches moves by n / (t + n)).
 
 ``method: logistic`` is what poisonlab used before, kept as an option:
 eval-mode body features without augmentation, standardised with the
@@ -49,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -58,7 +60,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from poisonlab.data.subset import stratified_indices
-from poisonlab.evaluation.base import EVALUATIONS, TrainedRun, check_number
+from poisonlab.checks import Count, OneOf, Positive, Seed
+from poisonlab.evaluation.base import EVALUATIONS, TrainedRun
 from poisonlab.models import Classifier
 from poisonlab.registry import ConfigError
 from poisonlab.training.augment import Augmentation, build_augmentations
@@ -71,17 +74,10 @@ MAX_ITER = 1000
 
 
 @EVALUATIONS.register("dfr")
-def dfr(run: TrainedRun, *, method: str = "lbfgs", train_images: int = 5000, epochs: int = 15,
-        batch_size: int = 1024, lr: float = 0.5, C: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def dfr(run: TrainedRun, *, method: Annotated[str, OneOf(METHODS)] = "lbfgs", train_images: Count = 5000,
+        epochs: Count = 15, batch_size: Count = 1024, lr: Positive = 0.5, C: Positive = 1.0,
+        seed: Seed = 0) -> dict[str, Any]:
     """``epochs``, ``batch_size`` and ``lr`` are the lbfgs method's, ``C`` the logistic one's."""
-    if method not in METHODS:
-        raise ConfigError(f"evaluation 'dfr': method must be one of {', '.join(METHODS)}; got {method!r}")
-    check_number("dfr", "train_images", train_images, minimum=1, integer=True)
-    check_number("dfr", "epochs", epochs, minimum=1, integer=True)
-    check_number("dfr", "batch_size", batch_size, minimum=1, integer=True)
-    check_number("dfr", "lr", lr, minimum=0, inclusive=False)
-    check_number("dfr", "C", C, minimum=0, inclusive=False)
-    check_number("dfr", "seed", seed, minimum=0, integer=True)
     clean = run.clean
     _check_same_test_set(run)
     # The training container gives the normalisation the model was trained with; its test set is the clean one.
@@ -143,9 +139,8 @@ def retrain_head(model: Classifier, normalize: Callable[[torch.Tensor], torch.Te
                 x, targets = images[batch], F.one_hot(labels[batch], num_classes).float()
                 for augment in augmentations:
                     x, targets = augment(x, targets, generator)
-                x = normalize(x)
-                with torch.no_grad(), _running_stats(norms, forwards=0):
-                    features = model.body(x)
+                with torch.no_grad(), _batch_statistics(norms) as statistics:
+                    features = model.body(normalize(x))
                 forwards = 0
 
                 def closure() -> torch.Tensor:
@@ -157,29 +152,42 @@ def retrain_head(model: Classifier, normalize: Callable[[torch.Tensor], torch.Te
                     return loss
 
                 optimizer.step(closure)
-                with torch.no_grad(), _running_stats(norms, forwards=forwards):
-                    model.body(x)
+                _move_running_statistics(statistics, forwards)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()
 
 
 @contextlib.contextmanager
-def _running_stats(norms: list[nn.Module], *, forwards: int) -> Iterator[None]:
-    """Inside, one forward pass moves each batch-norm's running statistics as ``forwards`` passes would.
+def _batch_statistics(norms: list[nn.Module]) -> Iterator[dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
+    """Inside, train-mode batch-norms normalise by the batch and leave their running statistics alone;
+    yields {norm: (mean, unbiased variance) of the batch it saw}, as batch-norm would fold them in."""
+    statistics = {}
 
-    Momentum m applied n times on the same batch statistics is one update of 1 − (1 − m)ⁿ; n = 0
-    leaves them as they are. A cumulative average (momentum None) gets its one update.
-    """
-    saved = [m.momentum for m in norms]
-    for module, momentum in zip(norms, saved):
-        if momentum is not None:
-            module.momentum = 1 - (1 - momentum) ** forwards
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0]
+        dims = [0, *range(2, x.dim())]
+        statistics[module] = (x.mean(dims), x.var(dims, correction=1))
+
+    handles = [norm.register_forward_pre_hook(record) for norm in norms]
+    for norm in norms:
+        norm.track_running_stats = False  # in train mode: batch statistics, no update
     try:
-        yield
+        yield statistics
     finally:
-        for module, momentum in zip(norms, saved):
-            module.momentum = momentum
+        for norm, handle in zip(norms, handles):
+            norm.track_running_stats = True
+            handle.remove()
+
+
+def _move_running_statistics(statistics: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]], forwards: int) -> None:
+    """Each norm's running statistics as ``forwards`` train-mode passes over the same batch would leave them."""
+    for norm, (mean, var) in statistics.items():
+        done = int(norm.num_batches_tracked)
+        weight = 1 - (1 - norm.momentum) ** forwards if norm.momentum is not None else forwards / (done + forwards)
+        norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), weight)
+        norm.running_var.lerp_(var.to(norm.running_var.dtype), weight)
+        norm.num_batches_tracked += forwards
 
 
 # ---------------------------------------------------------------- the option: logistic regression on eval features
