@@ -19,6 +19,7 @@ include: "rules/poisons.smk"
 include: "rules/sanitize.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/attribution.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
 

@@ -21,7 +21,7 @@ from poisonlab.reporting import TABLE_COLUMNS, Cell, build_table, render_latex, 
 from poisonlab.reporting.figures import FIGURES
 
 PAPERS_DIR = ROOT / "config" / "papers"
-SLUGS = ["ar-poisoning", "learned-faster", "learn-from-unlearnable", "cuda-sharpening", "pst"]
+SLUGS = ["ar-poisoning", "learned-faster", "learn-from-unlearnable", "cuda-sharpening", "pst", "ssl-attribution"]
 
 
 def resolved(scale: str, **overrides) -> tuple[dict, dict]:
@@ -32,7 +32,7 @@ def resolved(scale: str, **overrides) -> tuple[dict, dict]:
     return config, papers
 
 
-def test_the_default_config_builds_all_five_papers():
+def test_the_default_config_builds_all_six_papers():
     config, papers = resolved("embedded")
     assert sorted(papers) == sorted(["baselines", *SLUGS]) == sorted(p.stem for p in PAPERS_DIR.glob("*.yaml"))
     for slug in SLUGS:  # each paper's README says what is reproduced and how

@@ -73,6 +73,7 @@ def test_bad_config_stops_before_any_job(scratch_repo, workflow_env, override, m
 
 
 def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workflow_env):
+    from poisonlab.attribution.dag import AttributionSettings
     from poisonlab.papers import add_paper_recipes, load_grids, paper_figures, paper_tables
 
     embedded = snakemake(scratch_repo, "--profile", "slurm", "all_tables", "-n", env=workflow_env)
@@ -89,10 +90,14 @@ def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workfl
     for slug, spec in papers.items():
         runs = [cell.run for table in paper_tables(slug, spec, config) for cell in table.cells]
         runs += [run for figure in paper_figures(slug, spec, config) for run in (figure.runs or {}).values()]
-        wanted |= {(run.dataset, run.poison, run.defense, run.arch, run.recipe) for run in runs}
+        wanted |= {(run.dataset, run.poison, run.defense, run.arch, run.recipe) for run in runs if run.record == "run"}
+    # ssl-attribution's reference models: clean runs of its retrained arch and recipe, seeds 0..references-1.
+    attribution = papers["ssl-attribution"]["scales"]["paper"]
+    references = [("cifar10", "clean", "none", attribution["archs"][0], attribution["recipe"], str(seed))
+                  for seed in range(AttributionSettings.from_config(config).references)]
     listed = [re.search(r"wildcards: dataset=(\S+), poison=(\S+), defense=(\S+), arch=(\S+), recipe=(\S+), "
                         r"seed=(\d+)", job).groups() for job in train_jobs]
-    assert sorted(listed) == sorted((*run, str(seed)) for run in wanted for seed in config["seeds"])
+    assert sorted(listed) == sorted([*references, *((*run, str(seed)) for run in wanted for seed in config["seeds"])])
     assert {"resnet-100ep", "lfu-dfr", "lfu-ortho", "cuda-sharpening"} <= {job[4] for job in listed}
     assert len(paper.stdout.split("rule table:")) - 1 == sum(len(p["tables"]) for p in papers.values())
     poison_jobs = paper.stdout.split("rule poison:")[1:]

@@ -19,13 +19,16 @@ poisonlab's own: its tables are the ones ``tables`` names)::
     figures:
       accuracy: {figure: accuracy-over-epochs, file: metrics, runs: {axis: poison, values: [clean, ar]}}
       examples: {figure: sharpening-examples, poisoned: cuda, options: {images_per_row: 8}}
+      cdf: {figure: support-cdf, record: support, file: summary, fixed: {kind: removal},
+            runs: {axis: attributor, config: attribution.removal}}   # records of another type, as a table's
 
 An axis is ``{axis: <field>, values: [names] | {label: name}}`` with field one
 of the record type's axes (a run's: dataset, arch, poison, defense) or
 metric, or ``{values: {label: {field: name, ...}}}`` when one label sets
 several fields (cuda-sharpening's "CUDA Data with AT"). ``config: <key>``
 appends the names a config list holds (``{axis: poison, values: [clean],
-config: poisons}``: clean, then every configured poison), each its own label,
+config: poisons}``: clean, then every configured poison; a dotted key reaches
+into a paper's own section: ``attribution.removal``), each its own label,
 or with ``groups: {name: {label: value}}`` the group of each name
 (the evaluations table: the columns of each configured evaluation).
 
@@ -155,17 +158,21 @@ def paper_tables(slug: str, paper: dict[str, Any], config: dict[str, Any]) -> li
 
 def paper_figures(slug: str, paper: dict[str, Any], config: dict[str, Any]) -> list[PaperFigure]:
     figures = []
-    record = RECORDS.get("run")  # the figures draw runs: their json files or their containers
     for name, spec in paper.get("figures", {}).items():
         where = f"papers/{slug}: figure {name}"
-        _check_keys(where, spec, {"figure", "runs", "file", "poisoned", "options", "scales"})
+        _check_keys(where, spec, {"figure", "record", "runs", "fixed", "file", "poisoned", "options", "scales"})
         settings = scale_settings(config, paper, spec, where)
+        # The figures draw records (runs by default: their json files or their containers), as tables do.
+        record_name = spec.get("record", "run")
+        record = RECORDS.get(record_name)
+        fixed = spec.get("fixed", {})
+        _check_keys(f"{where}: fixed", fixed, set(record.axes))
         runs = None
         if "runs" in spec:
-            runs = {label: record.run("run", fields, settings)
-                    for label, fields in _distinct(_axis(spec["runs"], where, record, config), {}, record,
+            runs = {label: record.run(record_name, {**fixed, **fields}, settings)
+                    for label, fields in _distinct(_axis(spec["runs"], where, record, config), fixed, record,
                                                    settings)}
-        data = record.run("run", {"poison": spec["poisoned"]}, settings) if "poisoned" in spec else None
+        data = RECORDS.get("run").run("run", {"poison": spec["poisoned"]}, settings) if "poisoned" in spec else None
         if (runs is None) == (data is None):
             raise ConfigError(f"{where}: give either 'runs' (a figure of runs) or 'poisoned' (of images)")
         figures.append(PaperFigure(name, spec.get("figure", name), runs, spec.get("file", record.default_file),
@@ -283,7 +290,9 @@ def _axis(spec: Any, where: str, record: RecordType, config: dict[str, Any]) -> 
 def _config_values(where: str, spec: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, name) of each name of the config list ``spec['config']``, or of each one's group."""
     key, groups = spec["config"], spec.get("groups")
-    names = config.get(key)
+    names = config
+    for part in key.split("."):  # a dotted key reaches into a paper's own section: attribution.removal
+        names = names.get(part) if isinstance(names, dict) else None
     if not isinstance(names, list):
         raise ConfigError(f"{where}: config key '{key}' is not a list of names")
     if groups is None:

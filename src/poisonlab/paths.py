@@ -41,6 +41,16 @@ class Paths:
                 arch: str = "{arch}", recipe: str = "{recipe}", seed: int | str = "{seed}") -> str:
         return f"{self.results}/runs/{dataset}/{poison}/{defense}/{arch}/{recipe}/seed{seed}"
 
+    def attribution_dir(self, dataset: str = "{dataset}", arch: str = "{arch}", recipe: str = "{recipe}",
+                        seed: int | str = "{seed}") -> str:
+        """One attribution setting (ssl-attribution): targets, attributions, subset models, supports, LDS."""
+        return f"{self.results}/attribution/{dataset}/{arch}/{recipe}/seed{seed}"
+
+    def ssl_dir(self, dataset: str = "{dataset}", method: str = "{method}", arch: str = "{ssl_arch}",
+                seed: int | str = "{seed}") -> str:
+        """One SSL pretraining run: backbone.pt, metrics.json (and its MLflow run)."""
+        return f"{self.results}/attribution/{dataset}/ssl/{method}/{arch}/seed{seed}"
+
     @staticmethod
     def table(slug: str = "{slug}", table: str = "{table}") -> str:
         """A grid's table, without extension (.csv, .md, .tex): config/papers/<slug>.yaml's ``table``."""

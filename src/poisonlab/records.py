@@ -178,3 +178,9 @@ RECORDS.register("run")(RecordType(
     check=_check_run,
     check_file=_check_evaluation,
 ))
+
+
+# ---------------------------------------------------------------- the papers' own record types
+
+# Imported last, for their RECORDS.register side effects (they import this module's RECORDS and RecordType).
+import poisonlab.attribution.records  # noqa: E402,F401

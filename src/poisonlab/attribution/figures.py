@@ -4,15 +4,20 @@ Each function returns a matplotlib ``Figure`` (save it with ``reporting.figures.
 keep one colour and marker across figures and papers (``reporting.style.style_of("method", name)``),
 and every figure carries a caption line saying what was measured (``reporting.style.add_caption``).
 The neighbours figure follows the repository's plot (a target, then each method's top images in a row).
+The three are registered in ``reporting.figures.FIGURES`` (``attribution-neighbours``, ``support-cdf``,
+``lds-per-method``) as functions of the records the DAG writes (``attribution.records``), one a label.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from poisonlab.reporting.figures import FIGURES, Runs, _check_runs
 from poisonlab.reporting.style import add_caption, style_of
 
 
@@ -87,3 +92,42 @@ def lds_figure(lds: Mapping[str, Sequence[float]], *, caption: str) -> Figure:
     ax.set_ylabel("LDS (Spearman, held-out subsets)")
     add_caption(figure, caption)
     return figure
+
+
+# ---------------------------------------------------------------- registered: from the DAG's records
+
+
+def _first_seed(figure: str, runs: Runs) -> dict[str, dict]:
+    """Each label's record of its first seed (the figures show one attribution setting)."""
+    _check_runs(figure, runs)
+    return {label: json.loads(Path(paths[0]).read_text()) for label, paths in runs.items()}
+
+
+@FIGURES.register("attribution-neighbours")
+def attribution_neighbours(*, runs: Runs, scale: str) -> Figure:
+    """The first target and each attributor's top training images, from its ``neighbours.json``."""
+    records = _first_seed("attribution-neighbours", runs)
+    first = next(iter(records.values()))
+    rows = {label: (np.asarray(r["images"], np.uint8), r["labels"]) for label, r in records.items()}
+    return neighbours_figure(np.asarray(first["target_image"], np.uint8), first["target_label"], rows,
+                             caption=f"{scale} scale · test image {first['target']} · each method's top "
+                                     f"{len(first['labels'])} same-class training images")
+
+
+@FIGURES.register("support-cdf")
+def support_cdf(*, runs: Runs, scale: str, kind: str) -> Figure:
+    """Support CDFs of every attributor, from its ``support`` summary (``supports``: one a target)."""
+    records = _first_seed("support-cdf", runs)
+    max_k = max(r["max_k"] for r in records.values())
+    return support_cdf_figure({label: r["supports"] for label, r in records.items()}, max_k=max_k, kind=kind,
+                              caption=f"{scale} scale · {kind} support of {len(next(iter(records.values()))['supports'])}"
+                                      f" targets · K = {max_k}")
+
+
+@FIGURES.register("lds-per-method")
+def lds_per_method(*, runs: Runs, scale: str) -> Figure:
+    """Mean LDS and each target's correlation per attributor, from its ``lds.json``."""
+    records = _first_seed("lds-per-method", runs)
+    first = next(iter(records.values()))
+    return lds_figure({label: [np.nan if v is None else v for v in r["per_target"]] for label, r in records.items()},
+                      caption=f"{scale} scale · {first['targets']} targets · {first['subsets']} held-out subset models")

@@ -367,3 +367,9 @@ def perturbations_per_class(*, clean: str | os.PathLike, poisoned: str | os.Path
     }
     caption = _caption_of_images(poisoned_data, scale=scale, what="first training image of each class")
     return _image_grid(rows, [str(clean_data.classes[clean_data.y_train[i]]) for i in chosen], caption)
+
+
+# ---------------------------------------------------------------- the papers' own figure modules
+
+# Imported last, for their @FIGURES.register side effects (they import this module's FIGURES).
+import poisonlab.attribution.figures  # noqa: E402,F401

@@ -1,0 +1,238 @@
+# Stage: data attribution (ssl-attribution). SSL backbone → features → attributors; reference runs (the train
+# rule) → targets; subset-trained models → datamodels and LDS; one job per (attributor, kind, target) support
+# search. Settings: config `attribution`; which file a job reads: poisonlab.attribution.dag.
+import dataclasses
+
+from poisonlab.attribution import ATTRIBUTORS, KINDS, SSL_METHODS
+from poisonlab.attribution import dag as attribution_dag
+from poisonlab.attribution.dag import PARTS, AttributionSettings
+
+try:
+    ATTRIBUTION = AttributionSettings.from_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"config: {error}") from None
+SETTING = PATHS.attribution_dir()
+SSL_DIR = PATHS.ssl_dir()
+
+
+wildcard_constraints:
+    attributor=one_of(ATTRIBUTORS.names()),
+    kind=one_of(KINDS),
+    part=one_of(PARTS),
+    method=one_of(SSL_METHODS.names()),
+    ssl_arch=one_of(MODELS.names()),
+    shard=r"\d+",
+    target=r"\d+",
+
+
+def get_ssl_params(wildcards):
+    return {**ATTRIBUTION.ssl, "method": wildcards.method, "arch": wildcards.ssl_arch}
+
+
+def get_backbone(wildcards):
+    return attribution_dag.backbone(
+        PATHS, wildcards.dataset, wildcards.seed, ATTRIBUTION
+    )
+
+
+def get_reference_models(wildcards):
+    w = wildcards
+    return attribution_dag.reference_models(
+        PATHS, w.dataset, w.arch, w.recipe, ATTRIBUTION
+    )
+
+
+def get_targets_params(wildcards):
+    return {
+        "arch": wildcards.arch,
+        "support": ATTRIBUTION.targets,
+        "total": ATTRIBUTION.lds_targets,
+        "seed": int(wildcards.seed),
+        "precision": get_recipe(config, wildcards.recipe).precision,
+        "device": config["device"],
+    }
+
+
+def get_retrain_params(wildcards):
+    return {
+        "arch": wildcards.arch,
+        "recipe": get_recipe_config(wildcards),
+        "device": config["device"],
+    }
+
+
+def get_attributor_inputs(wildcards):
+    w = wildcards
+    return {
+        "data": PATHS.clean(w.dataset),
+        "targets": f"{PATHS.attribution_dir(w.dataset, w.arch, w.recipe, w.seed)}/targets.json",
+        **attribution_dag.attributor_inputs(
+            PATHS, w.dataset, w.arch, w.recipe, w.seed, w.attributor, ATTRIBUTION
+        ),
+    }
+
+
+def get_support_units(wildcards):
+    w = wildcards
+    return attribution_dag.support_units(
+        PATHS, w.dataset, w.arch, w.recipe, w.seed, w.attributor, w.kind, ATTRIBUTION
+    )
+
+
+def get_heldout_shards(wildcards):
+    w = wildcards
+    return attribution_dag.subset_shards(
+        PATHS, w.dataset, w.arch, w.recipe, w.seed, "heldout", ATTRIBUTION
+    )
+
+
+rule attribution_ssl:
+    input:
+        data=PATHS.clean(),
+    output:
+        backbone=f"{SSL_DIR}/backbone.pt",
+        metrics=f"{SSL_DIR}/metrics.json",
+    log:
+        f"logs/attribution/{SSL_DIR}.log",
+    threads: ATTRIBUTION.job_resources("ssl")["cpus"]
+    resources:
+        gpu=ATTRIBUTION.job_resources("ssl")["gpu"],
+        runtime=ATTRIBUTION.job_resources("ssl")["runtime"],
+        mem_mb=ATTRIBUTION.job_resources("ssl")["mem_mb"],
+    params:
+        ssl=get_ssl_params,
+        device=config["device"],
+    script:
+        "../workflow/scripts/ssl_pretrain.py"
+
+
+rule attribution_features:
+    input:
+        data=PATHS.clean(),
+        backbone=get_backbone,
+    output:
+        features=f"{SETTING}/features.npz",
+    log:
+        f"logs/attribution/{SETTING}/features.log",
+    threads: ATTRIBUTION.job_resources("attribute")["cpus"]
+    resources:
+        gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
+        runtime=ATTRIBUTION.job_resources("attribute")["runtime"],
+        mem_mb=ATTRIBUTION.job_resources("attribute")["mem_mb"],
+    params:
+        # The arch of a user's plain state dict; save_backbone's files say their own.
+        arch=ATTRIBUTION.ssl.get("arch"),
+        device=config["device"],
+    script:
+        "../workflow/scripts/attribution_features.py"
+
+
+rule attribution_targets:
+    input:
+        data=PATHS.clean(),
+        references=get_reference_models,
+    output:
+        targets=f"{SETTING}/targets.json",
+    log:
+        f"logs/attribution/{SETTING}/targets.log",
+    threads: ATTRIBUTION.job_resources("attribute")["cpus"]
+    resources:
+        gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
+        runtime=ATTRIBUTION.job_resources("attribute")["runtime"],
+        mem_mb=ATTRIBUTION.job_resources("attribute")["mem_mb"],
+    params:
+        options=get_targets_params,
+    script:
+        "../workflow/scripts/attribution_targets.py"
+
+
+rule attribution_subsets:
+    input:
+        data=PATHS.clean(),
+        targets=f"{SETTING}/targets.json",
+    output:
+        shard=f"{SETTING}/subsets/{{part}}/shard{{shard}}.npz",
+    log:
+        f"logs/attribution/{SETTING}/subsets/{{part}}/shard{{shard}}.log",
+    threads: ATTRIBUTION.job_resources("retrain")["cpus"]
+    resources:
+        gpu=ATTRIBUTION.job_resources("retrain")["gpu"],
+        runtime=ATTRIBUTION.job_resources("retrain")["runtime"],
+        mem_mb=ATTRIBUTION.job_resources("retrain")["mem_mb"],
+    params:
+        retrain=get_retrain_params,
+        pool=dataclasses.asdict(ATTRIBUTION.subsets),
+    script:
+        "../workflow/scripts/attribution_subsets.py"
+
+
+rule attribution_attribute:
+    input:
+        unpack(get_attributor_inputs),
+    output:
+        topk=f"{SETTING}/attributors/{{attributor}}/topk.npz",
+        cost=f"{SETTING}/attributors/{{attributor}}/cost.json",
+        neighbours=f"{SETTING}/attributors/{{attributor}}/neighbours.json",
+    log:
+        f"logs/attribution/{SETTING}/attributors/{{attributor}}.log",
+    threads: ATTRIBUTION.job_resources("attribute")["cpus"]
+    resources:
+        gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
+        runtime=ATTRIBUTION.job_resources("attribute")["runtime"],
+        mem_mb=ATTRIBUTION.job_resources("attribute")["mem_mb"],
+    params:
+        options=lambda wildcards: ATTRIBUTION.options(wildcards.attributor),
+        device=config["device"],
+    script:
+        "../workflow/scripts/attribute.py"
+
+
+# A killed unit keeps target{t}.state.json (not an output, so Snakemake leaves it): the rerun resumes.
+rule attribution_support:
+    input:
+        data=PATHS.clean(),
+        targets=f"{SETTING}/targets.json",
+        topk=f"{SETTING}/attributors/{{attributor}}/topk.npz",
+    output:
+        unit=f"{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.json",
+    log:
+        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.log",
+    threads: ATTRIBUTION.job_resources("retrain")["cpus"]
+    resources:
+        gpu=ATTRIBUTION.job_resources("retrain")["gpu"],
+        runtime=ATTRIBUTION.job_resources("retrain")["runtime"],
+        mem_mb=ATTRIBUTION.job_resources("retrain")["mem_mb"],
+    params:
+        retrain=get_retrain_params,
+        search={
+            "grid": list(ATTRIBUTION.grid),
+            "retrains": ATTRIBUTION.retrains,
+            "budget": ATTRIBUTION.budget,
+        },
+    script:
+        "../workflow/scripts/attribution_support.py"
+
+
+rule attribution_support_summary:
+    input:
+        units=get_support_units,
+    output:
+        summary=f"{SETTING}/support/{{attributor}}/{{kind}}/summary.json",
+    log:
+        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/summary.log",
+    script:
+        "../workflow/scripts/attribution_summary.py"
+
+
+rule attribution_lds:
+    input:
+        data=PATHS.clean(),
+        targets=f"{SETTING}/targets.json",
+        topk=f"{SETTING}/attributors/{{attributor}}/topk.npz",
+        heldout=get_heldout_shards,
+    output:
+        lds=f"{SETTING}/lds/{{attributor}}/lds.json",
+    log:
+        f"logs/attribution/{SETTING}/lds/{{attributor}}.log",
+    script:
+        "../workflow/scripts/attribution_lds.py"
