@@ -18,7 +18,7 @@ from poisonlab.segmentation.models import build_seg_model, load_weights
 from poisonlab.segmentation.procedures import MixBatchNorm2d, main_state
 from poisonlab.segmentation.robustness import build_attacks, evaluate_robustness, pixel_loss
 from poisonlab.segmentation.run import Normalizer, SegRunSpec, device_data, train_segmentation
-from poisonlab.segmentation.synthesis import digit_cells, generate, inpaint, inpainting_tasks
+from poisonlab.segmentation.synthesis import digit_cells, generate, inpaint, inpainting_tasks, shapeless
 from poisonlab.training import Recipe, build_augmentations, fit
 
 CPU = torch.device("cpu")
@@ -171,7 +171,7 @@ def test_paper_nets_give_full_resolution_logits_and_load_a_ddc_at_style_checkpoi
 def test_miou_and_pixel_accuracy_match_a_hand_computation():
     labels = torch.tensor([[0, 0, 1, 1], [2, 2, 2, IGNORE]])
     predicted = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 1]])
-    # class 0: I 1, U = 2 (label) + 2 (pred) − 1 = 3; class 1: I 2, U 2 + 3 − 2 = 3; class 2: I 2, U 3 + 2 − 2 = 3.
+    # IoU = I / (labelled + predicted − I): class 0 1 / (2 + 2 − 1), class 1 2 / (2 + 3 − 2), class 2 2 / (3 + 2 − 2).
     result = scores(confusion(predicted, labels, 3))
     assert result["miou"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 2 / 3) / 3)
     assert result["pixel_acc"] == pytest.approx(100 * 5 / 7)  # the ignored pixel counts nowhere
@@ -280,6 +280,20 @@ def test_inpainting_moves_only_the_hole_and_generation_lowers_the_loss(canvases)
     assert len(digit_cells(target)) == int((target.reshape(4, 2, 28, 2, 28).amax((2, 4)) > 0).sum())
 
 
+def test_shapeless_targets_keep_each_digit_and_its_box_but_not_its_stroke(canvases):
+    maps = torch.from_numpy(canvases.m_test.astype(np.int64))
+    boxes = shapeless(maps)
+    assert torch.equal(digit_cells(boxes), digit_cells(maps))  # the same digits in the same cells
+    assert torch.equal(boxes[maps > 0], maps[maps > 0])  # every stroke pixel keeps its class…
+    grown = (boxes > 0) & (maps == 0)
+    assert grown.any()  # …and the box around it is filled: the stroke's shape is no longer in the target
+    cells = boxes.reshape(len(maps), 2, 28, 2, 28)
+    for i, r, c, digit in digit_cells(maps).tolist():
+        cell = cells[i, r, :, c]
+        rows, cols = torch.nonzero(cell, as_tuple=True)
+        assert (cell[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == digit + 1).all()
+
+
 # ---------------------------------------------------------------- training through fit
 
 
@@ -347,6 +361,7 @@ def test_jobs_train_evaluate_synthesise_and_draw(small, mnist5k, tmp_path, monke
     for task in ("inpaint", "generate"):
         out = synthesis_run(tmp_path / "advprop", tmp_path / "seg.npz", tmp_path / f"{task}.json",
                             tmp_path / f"{task}.npz", task=task, steps=3, count=3, **judges)
+        assert out["target"] == "box"
         assert 0 <= out["metrics"]["recognisability"] <= 100 and 0 <= out["metrics"]["transfer_miou"] <= 100
     assert {"psnr", "ssim", "recognisability_original"} <= set(json.loads((tmp_path / "inpaint.json").read_text())
                                                                ["metrics"])

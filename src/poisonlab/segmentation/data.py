@@ -23,6 +23,7 @@ canvas), so subsetting and every check of the contract keep working.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -65,8 +66,6 @@ class SegmentationDataset(ImageDataset):
                                   f"(ignore); got {known.max()}")
 
     def save(self, path: str | os.PathLike) -> None:
-        import json
-
         save_npz(path, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test, y_test=self.y_test,
                  classes=self.classes, meta=np.array(json.dumps(self.meta, sort_keys=True)),
                  m_train=self.m_train, m_test=self.m_test, **self.extras)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,6 @@ def train_segmentation(spec: SegRunSpec, recipe: Recipe, data_path: str | os.Pat
 
 def load_trained(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, Normalizer, dict]:
     """A finished run's net (eval mode, inference weights), its input normalisation and its metrics.json."""
-    import json
-
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "metrics.json").read_text())
     model = build_seg_model(record["arch"], num_classes=record["num_classes"], in_channels=record["in_channels"],
@@ -206,18 +205,21 @@ def synthesis_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, json
                   arrays_path: str | os.PathLike, *, task: str, classifier_path: str | os.PathLike,
                   classifier_data_path: str | os.PathLike, transfer_run_dir: str | os.PathLike,
                   optimizer: str = "adam", steps: int = 200, lr: float = 0.05, count: int = 32, hole: int = 16,
-                  seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+                  target: str = "box", seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Inpaint (``task`` "inpaint") or generate ("generate") ``count`` test canvases with a run's net, and score them.
 
     The judges are independent of the optimising net: the classifier run at ``classifier_path`` (trained on
     ``classifier_data_path``, the main job's clean smallcnn on mnist5k) and the standard net of
-    ``transfer_run_dir`` (another seed). Writes the metrics (``json_path``) and the images (``arrays_path``).
+    ``transfer_run_dir`` (another seed). ``target``: ``box`` (each digit's box filled with its class: the
+    shape left to the net) or ``map`` (the ground truth, which draws the stroke; see ``synthesis.shapeless``).
+    Writes the metrics (``json_path``) and the images (``arrays_path``).
     """
     from poisonlab.registry import ConfigError
     from poisonlab.segmentation import synthesis as syn
 
-    if task not in ("inpaint", "generate"):
-        raise ConfigError(f"synthesis task must be inpaint or generate; got {task!r}")
+    if task not in ("inpaint", "generate") or target not in syn.TARGETS:
+        raise ConfigError(f"synthesis task must be inpaint or generate and target one of {', '.join(syn.TARGETS)}; "
+                          f"got {task!r}, {target!r}")
     model, normalize, record = load_trained(run_dir, device)
     classifier, classifier_normalize = load_classifier(classifier_path, classifier_data_path, device=device)
     judge, judge_normalize, _ = load_trained(transfer_run_dir, device)
@@ -225,32 +227,33 @@ def synthesis_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, json
     k = data.num_classes
     if task == "inpaint":
         index, masks, cells = syn.inpainting_tasks(data.y_test, count, hole=hole, seed=seed)
-        original, target = data.x_test[index].float() / 255, data.y_test[index]
+        original, wanted = data.x_test[index].float() / 255, syn.TARGETS[target](data.y_test[index])
         start = syn.hole_start(original, masks)
-        result = syn.inpaint(model, original, target, masks, normalize, optimizer=optimizer, steps=steps, lr=lr)
+        result = syn.inpaint(model, original, wanted, masks, normalize, optimizer=optimizer, steps=steps, lr=lr)
         metrics = {
             "recognisability": syn.recognisability(classifier, classifier_normalize, result, cells),
             "recognisability_masked": syn.recognisability(classifier, classifier_normalize, start, cells),
             "recognisability_original": syn.recognisability(classifier, classifier_normalize, original, cells),
             **syn.region_quality(result, original, masks),
-            "own_miou": syn.map_agreement(model, normalize, result, target, k, masks),
-            "transfer_miou": syn.map_agreement(judge, judge_normalize, result, target, k, masks),
+            "own_miou": syn.map_agreement(model, normalize, result, wanted, k, masks),
+            "transfer_miou": syn.map_agreement(judge, judge_normalize, result, wanted, k, masks),
         }
-        arrays = {"original": original, "masked": start, "result": result, "masks": masks, "maps": target}
+        arrays = {"original": original, "masked": start, "result": result, "masks": masks, "maps": wanted}
     else:
         index = torch.unique(syn.digit_cells(data.y_test)[:, 0])[:count]  # canvases with a digit to draw
-        target = data.y_test[index]
+        wanted = syn.TARGETS[target](data.y_test[index])
         generator = torch.Generator(device=device).manual_seed(seed)
-        result = syn.generate(model, target, normalize, channels=data.x_test.shape[1], generator=generator,
+        result = syn.generate(model, wanted, normalize, channels=data.x_test.shape[1], generator=generator,
                               optimizer=optimizer, steps=steps, lr=lr)
-        cells = syn.digit_cells(target)
+        cells = syn.digit_cells(wanted)
         metrics = {
             "recognisability": syn.recognisability(classifier, classifier_normalize, result, cells),
-            "own_miou": syn.map_agreement(model, normalize, result, target, k),
-            "transfer_miou": syn.map_agreement(judge, judge_normalize, result, target, k),
+            "own_miou": syn.map_agreement(model, normalize, result, wanted, k),
+            "transfer_miou": syn.map_agreement(judge, judge_normalize, result, wanted, k),
         }
-        arrays = {"result": result, "maps": target}
-    out = {"task": task, "procedure": record["procedure"], "arch": record["arch"], "seed": record["seed"],
+        arrays = {"result": result, "maps": wanted}
+    out = {"task": task, "target": target, "procedure": record["procedure"], "arch": record["arch"],
+           "seed": record["seed"],
            "optimizer": optimizer, "steps": steps, "lr": lr, "count": len(index), "metrics": metrics}
     save_arrays(arrays_path, arrays)
     write_json(json_path, out)

@@ -12,6 +12,11 @@ the reconstruction of design note §1.3 after Santurkar et al. 2019
   whole canvas against the target map (the ground truth), minimised;
 - generation: every pixel starts as uniform noise and moves towards a target
   map;
+- the target is the ground-truth map (``map``) or, by default on the canvases,
+  ``box``: each digit's bounding box filled with its class (``shapeless``) —
+  the canvases' maps draw the digit's exact stroke, which any net reproduces;
+  a box asks the net for the digit's identity alone, and its shape is then
+  the net's gradients' own;
 - the optimiser is a name (``SYNTHESIS_OPTIMIZERS``): ``adam`` on the pixels,
   or ``pgd-l2``, Santurkar's L2 steps (``attacks.pgd`` with no ball and
   ``minimize``); both keep the image in [0, 1].
@@ -109,9 +114,30 @@ def digit_cells(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([image, row, col, cells[image, row, col] - 1], 1)
 
 
+def shapeless(maps: torch.Tensor) -> torch.Tensor:
+    """``maps`` with each digit cell's stroke replaced by its bounding box, filled with the digit's class.
+
+    On the canvases the label map is a function of the pixels, so the ground-truth map draws the digit's
+    exact shape: optimising pixels towards it reproduces the stroke whatever the net knows, and an
+    independent classifier then recognises the map, not the net. This target keeps where the digit is and
+    which it is, and leaves its shape to the net's gradients — the perceptual-alignment test.
+    """
+    out = maps.clone()
+    for i, r, c, digit in digit_cells(maps).tolist():
+        cell = maps[i, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+        rows, cols = torch.nonzero(cell > 0, as_tuple=True)
+        out[i, r * CELL + rows.min():r * CELL + rows.max() + 1, c * CELL + cols.min():c * CELL + cols.max() + 1] = \
+            digit + 1
+    return out
+
+
+TARGETS = {"map": lambda maps: maps, "box": shapeless}  # what synthesis is asked to produce (see ``shapeless``)
+
+
 def crop_cells(images: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """The 28×28 crops (M, C, 28, 28) of ``images`` at ``cells``' (image, row, column)."""
-    return torch.stack([images[i, :, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL] for i, r, c, _ in cells.tolist()])
+    return torch.stack([images[i, :, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+                        for i, r, c, _ in cells.tolist()])
 
 
 def inpainting_tasks(maps: torch.Tensor, count: int, *, hole: int = 16, seed: int = 0
@@ -161,7 +187,8 @@ def region_quality(result01: torch.Tensor, original01: torch.Tensor, masks: torc
     psnr, ssim = [], []
     for result, original, mask in zip(result01, original01, masks):
         rows, cols = torch.nonzero(mask[0], as_tuple=True)
-        box = (slice(None), slice(rows.min().item(), rows.max().item() + 1), slice(cols.min().item(), cols.max().item() + 1))
+        box = (slice(None), slice(rows.min().item(), rows.max().item() + 1),
+               slice(cols.min().item(), cols.max().item() + 1))
         a, b = result[box][None].float(), original[box][None].float()
         psnr.append(peak_signal_noise_ratio(a, b, data_range=1.0).item())
         ssim.append(structural_similarity_index_measure(a, b, data_range=1.0).item())
