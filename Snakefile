@@ -20,6 +20,7 @@ include: "rules/sanitize.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/attribution.smk"
+include: "rules/editing.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
 

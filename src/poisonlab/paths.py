@@ -51,6 +51,25 @@ class Paths:
         """One SSL pretraining run: backbone.pt, metrics.json (and its MLflow run)."""
         return f"{self.results}/attribution/{dataset}/ssl/{method}/{arch}/seed{seed}"
 
+    # jpeg-photoguard (editing): photo sets, immunized sets, the in-pipeline autoencoder, the sweep's records.
+    def photos(self, photos: str = "{photos}") -> str:
+        """A photo set (``editing.photos.PhotoSet``): label-free, uint8."""
+        return f"{self.data}/editing/{photos}.npz"
+
+    def immunized(self, photos: str = "{photos}", autoencoder: str = "{autoencoder}", row: str = "{immunizer}",
+                  seed: int | str = "{seed}") -> str:
+        """A photo set immunized by one row of ``editing.rows`` against ``autoencoder`` (uint8)."""
+        return f"{self.data}/editing/{photos}/{autoencoder}/seed{seed}/{row}.npz"
+
+    def autoencoder_dir(self, autoencoder: str = "small-ae", seed: int | str = "{seed}") -> str:
+        """An autoencoder the pipeline trains (small-ae): model.pt, metrics.json (and its MLflow run)."""
+        return f"{self.results}/editing/autoencoders/{autoencoder}/seed{seed}"
+
+    def editing_dir(self, photos: str = "{photos}", autoencoder: str = "{autoencoder}",
+                    seed: int | str = "{seed}") -> str:
+        """The JPEG sweep's records of one photo set and autoencoder: ``{row}/{purifier}.json``."""
+        return f"{self.results}/editing/{photos}/{autoencoder}/seed{seed}"
+
     @staticmethod
     def table(slug: str = "{slug}", table: str = "{table}") -> str:
         """A grid's table, without extension (.csv, .md, .tex): config/papers/<slug>.yaml's ``table``."""

@@ -10,16 +10,22 @@ target (bottom), so the figure is read against the tables. The look (caption) is
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from poisonlab.editing.edits import Editor
+from poisonlab.editing.autoencoders import build_autoencoder
+from poisonlab.editing.edits import Editor, build_editor
+from poisonlab.editing.immunize import target_photos
 from poisonlab.editing.metrics import encode, progress, psnr
 from poisonlab.editing.photos import PhotoSet
+from poisonlab.editing.purify import jpeg_photos
 from poisonlab.reporting import style
+from poisonlab.reporting.figures import FIGURES
 
 
 def examples_figure(source: PhotoSet, immunized: PhotoSet, purified: dict[int, PhotoSet], editor: Editor, *,
@@ -56,3 +62,21 @@ def examples_figure(source: PhotoSet, immunized: PhotoSet, purified: dict[int, P
     if caption:
         style.add_caption(figure, caption)
     return figure
+
+
+@FIGURES.register("editing-examples")
+def editing_examples(*, runs: dict[str, list[str]], scale: str, photos: Sequence[int] = (0,)) -> Figure:
+    """``examples_figure`` of one immunizer row from its sweep records (``runs``: purifier → its record, one a
+    seed; the first seed's is drawn). A record names its inputs (photo sets, autoencoder); the JPEG'd sets are
+    made again (the sanitizer is deterministic) and the edit is the autoencoder's round trip at every scale."""
+    records = [json.loads(Path(paths[0]).read_text()) for paths in runs.values()]
+    first = records[0]
+    inputs = first["inputs"]
+    source, immunized = PhotoSet.load(inputs["photos"]), PhotoSet.load(inputs["immunized"])
+    model = build_autoencoder(inputs["autoencoder"]["name"], **inputs["autoencoder"]["options"])
+    purified = {r["jpeg_quality"]: jpeg_photos(immunized, r["jpeg_quality"]) for r in records
+                if r["jpeg_quality"] != "none"}
+    caption = (f"{scale} scale · row {first['row']} ({first['immunizer']}) against {first['autoencoder']} · "
+               f"bottom: its round trip, p = progress towards the target latent")
+    return examples_figure(source, immunized, purified, build_editor("roundtrip", model), model=model,
+                           targets=target_photos(source, immunized), photos=tuple(photos), caption=caption)

@@ -96,6 +96,25 @@ def cell_metrics(model: LatentAutoencoder, editor: Editor, *, clean: torch.Tenso
     return {key: _finite(values) for key, values in rows.items()}
 
 
+def control_metrics(model: LatentAutoencoder, editor: Editor, *, clean: torch.Tensor, purified_clean: torch.Tensor,
+                    targets: torch.Tensor, masks: torch.Tensor | None = None, prompts=None) -> dict[str, list[float]]:
+    """Per-photo numbers of the control row: the clean photos as purified (``purified_clean``), no attack.
+
+    ``progress`` is how far the purification alone moves the clean latent towards ``targets``' (the
+    targeted rows' goal). A clean photo has no attack progress to keep, so its ``retained`` is that
+    progress itself, on the same scale as an attack row's retained (1 = at the target): the control the
+    jpeg-sweep table sets beside the attack rows. The other keys are the attack rows' (``cell_metrics``).
+    """
+    z_clean, z_control, goal = encode(model, clean), encode(model, purified_clean), encode(model, targets)
+    p_control = progress(z_control, z_clean, goal)
+    edit_clean = editor.apply(clean, masks=masks, prompts=prompts)
+    edit_control = editor.apply(purified_clean, masks=masks, prompts=prompts)
+    rows = {"progress": p_control, "retained": p_control, "latent_shift": shift(z_control, z_clean),
+            "input_psnr": psnr(purified_clean, clean), "input_ssim": ssim(purified_clean, clean),
+            "edit_psnr": psnr(edit_control, edit_clean), "edit_ssim": ssim(edit_control, edit_clean)}
+    return {key: _finite(values) for key, values in rows.items()}
+
+
 def summarize(per_photo: dict[str, list[float]]) -> dict[str, Any]:
     """Mean and standard deviation over photos of every metric (std 0 for one photo)."""
     summary: dict[str, Any] = {}

@@ -61,16 +61,27 @@ def load_metrics(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def lookup_values(record: dict, metric: str, path: str | os.PathLike) -> list[float]:
+    """``metric`` of a record as a list: one number, or each of a list of numbers (one an image, say:
+    jpeg-photoguard's ``per_photo.retained``), so a cell's mean and std are over seeds and those items."""
+    value = record
+    for key in metric.rpartition(":")[2].split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, list):
+        return [float("nan") if item is None else float(item) for item in value]
+    return [lookup(record, metric, path)]
+
+
 def build_table(cells: Sequence[Cell]) -> pl.DataFrame:
-    """One row a cell: the mean and sample std over its runs of ``metric``."""
+    """One row a cell: the mean and sample std over its runs of ``metric`` (and its items, for a list)."""
     rows = []
     for cell in cells:
-        values = [lookup(load_metrics(path), cell.metric, path) for path in cell.runs]
+        values = [value for path in cell.runs for value in lookup_values(load_metrics(path), cell.metric, path)]
         series = pl.Series(values, dtype=pl.Float64)
         rows.append({
             "table": cell.table, "row": cell.row, "column": cell.column, "dataset": cell.dataset,
             "scale": cell.scale, "metric": cell.metric, "ours": series.mean(),
-            "ours_std": series.std() if len(values) > 1 else None, "n_seeds": len(values),
+            "ours_std": series.std() if len(values) > 1 else None, "n_seeds": len(cell.runs),
             "reported": cell.reported, "reported_bound": cell.reported_bound,
         })
     schema = {"table": pl.String, "row": pl.String, "column": pl.String, "dataset": pl.String, "scale": pl.String,
