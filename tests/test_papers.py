@@ -21,7 +21,8 @@ from poisonlab.reporting import TABLE_COLUMNS, Cell, build_table, render_latex, 
 from poisonlab.reporting.figures import FIGURES
 
 PAPERS_DIR = ROOT / "config" / "papers"
-SLUGS = ["ar-poisoning", "learned-faster", "learn-from-unlearnable", "cuda-sharpening", "pst", "ssl-attribution"]
+SLUGS = ["ar-poisoning", "learned-faster", "learn-from-unlearnable", "cuda-sharpening", "pst", "ssl-attribution",
+         "jpeg-photoguard"]
 
 
 def resolved(scale: str, **overrides) -> tuple[dict, dict]:
