@@ -2,13 +2,13 @@
 
 - ``prototypes_figure``: the paper's decoded-prototype figure (``Paper - Prototypes Figure.ipynb``): the
   5-way 5-shot support set, one column a class and one row a shot, beside one row of decoded prototypes a
-  model (IA, IAP, AP), columns aligned by class.
+  model (IA, IAP, AP, named in bold as the notebook), columns aligned by class.
 - ``refinement_figure``: the case study (``Paper - Case Study.ipynb``): the 1-shot supports (the target's
   atypical one framed), the example, the decoded interpolants p_0…p_10 (the chosen one framed), and the
   accuracy on the validation episodes for every i, with its 95% interval, the chosen i marked.
 
-Both follow ``reporting.style`` (a method's fixed colour, the caption line) and return a matplotlib
-``Figure`` built without pyplot; ``reporting.figures.save_figure`` writes it as pdf and png.
+Both follow ``reporting.style`` (a method's fixed colour for the curve, the caption line) and return a
+matplotlib ``Figure`` built without pyplot; ``reporting.figures.save_figure`` writes it as pdf and png.
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ def prototypes_figure(prototypes_npz: str | os.PathLike, *, scale: str = "") -> 
         support_axes[0, k].set_title(f"class {classes[k]}", fontsize=8)
     model_axes = right.subplots(len(labels), way, squeeze=False)
     for row, label in enumerate(labels):
-        colour = style.style_of("method", about.get("runs", {}).get(label, {}).get("method", label)).colour
         for k in range(way):
             _show(model_axes[row, k], decoded[label][k])
-        model_axes[row, 0].set_ylabel(label, fontsize=9, fontweight="bold", color=colour)
+        # Black row names, as the paper's bold IA / IAP / AP: the methods have no entries in style.STYLES yet,
+        # and two hashed colours may coincide.
+        model_axes[row, 0].set_ylabel(label, fontsize=9, fontweight="bold")
         if row == 0:
             for k in range(way):
                 model_axes[0, k].set_title(f"class {classes[k]}", fontsize=8)
@@ -94,7 +95,7 @@ def refinement_figure(refinement_json: str | os.PathLike, refinement_npz: str | 
     target = record["classes"].index(record["target_class"])
     steps, chosen = record["steps"], record["chosen_i"]
     colour = style.style_of("method", record["method"]).colour
-    highlight = style.style_of("method", "refinement-choice").colour
+    highlight = style.RED  # frames the atypical support, the example and the chosen interpolant
 
     figure = Figure(figsize=(CELL * (steps + 1) + 0.6, 5.6), layout="constrained")
     top, middle, bottom = figure.subfigures(3, 1, height_ratios=[1.25, 1.1, 2.4])
