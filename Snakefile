@@ -21,6 +21,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/attribution.smk"
 include: "rules/editing.smk"
+include: "rules/segmentation.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
 

@@ -70,6 +70,16 @@ class Paths:
         """The JPEG sweep's records of one photo set and autoencoder: ``{row}/{purifier}.json``."""
         return f"{self.results}/editing/{photos}/{autoencoder}/seed{seed}"
 
+    # robust-seg (segmentation): the canvases or a user's VOC / Cityscapes, one run's net and its evaluations.
+    def segmentation_data(self, dataset: str = "{segdata}") -> str:
+        """A segmentation container (``segmentation.SegmentationDataset``: images, maps)."""
+        return f"{self.data}/segmentation/{dataset}.npz"
+
+    def segmentation_dir(self, dataset: str = "{segdata}", arch: str = "{segarch}", procedure: str = "{procedure}",
+                         recipe: str = "{recipe}", seed: int | str = "{seed}") -> str:
+        """One segmentation run: model.pt, metrics.json, robustness.{json,npz}, {inpaint,generate}.{json,npz}."""
+        return f"{self.results}/segmentation/{dataset}/{arch}/{procedure}/{recipe}/seed{seed}"
+
     @staticmethod
     def table(slug: str = "{slug}", table: str = "{table}") -> str:
         """A grid's table, without extension (.csv, .md, .tex): config/papers/<slug>.yaml's ``table``."""

@@ -89,6 +89,7 @@ STYLES: dict[str, dict[str, Style]] = {
     "method": _styles({
         "ssl-esvm": (BLUE, "o"), "ssl-knn": (CYAN, "s"), "pixel-knn": (PURPLE, "^"), "trak": (ORANGE, "D"),
         "datamodels": (RED, "v"), "random": (GRAY, "X"),
+        "standard": (BLACK, "P"), "sat": (GREEN, "h"), "advprop": (BROWN, "p"),  # robust-seg's training procedures
     }),
 }
 

@@ -15,8 +15,10 @@ classes after it in Tableau 20 order, 255 (ignored) white.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -25,6 +27,7 @@ from matplotlib.figure import Figure
 
 from poisonlab.registry import ConfigError, Registry
 from poisonlab.reporting import style
+from poisonlab.reporting.figures import FIGURES
 
 SEG_FIGURES: Registry[Callable[..., Figure]] = Registry("segmentation figure")
 Arrays = Mapping[str, str | os.PathLike]  # procedure name → the npz a job saved for it
@@ -124,3 +127,41 @@ def generation_examples(*, arrays: Arrays, num_classes: int, caption: str, count
         for k, a in enumerate(loaded.values()):
             _image(axes[row, 1 + k], a["result"][row])
     return figure
+
+
+# ---------------------------------------------------------------- the DAG's figures (config/papers/robust-seg.yaml)
+# The grid's figure rule hands each model's records (``runs``: procedure → its json, one a seed); the first
+# seed's arrays lie beside its json (``<file>.npz``, the same job's), its class count in the run's metrics.json.
+
+
+def _arrays(runs: Mapping[str, list[str]]) -> dict[str, str]:
+    return {name: str(Path(paths[0]).with_suffix(".npz")) for name, paths in runs.items()}
+
+
+def _record(runs: Mapping[str, list[str]], file: str = "") -> dict:
+    first = Path(next(iter(runs.values()))[0])
+    return json.loads((first.parent / f"{file}.json" if file else first).read_text())
+
+
+@FIGURES.register("seg-segmentation-examples")
+def dag_segmentation_examples(*, runs: Mapping[str, list[str]], scale: str, attack: str = "bim-4",
+                              count: int = 3) -> Figure:
+    record = _record(runs)
+    caption = f"{scale} scale · L∞ ε {record['epsilon']:g}, α {record['step_size']:g} · {record['count']} test images"
+    return segmentation_examples(examples=_arrays(runs), num_classes=_record(runs, "metrics")["num_classes"],
+                                 caption=caption, attack=attack, count=count)
+
+
+@FIGURES.register("seg-inpainting-examples")
+def dag_inpainting_examples(*, runs: Mapping[str, list[str]], scale: str, count: int = 4) -> Figure:
+    record = _record(runs)
+    caption = f"{scale} scale · {record['optimizer']}, {record['steps']} steps, target {record['target']}"
+    return inpainting_examples(arrays=_arrays(runs), caption=caption, count=count)
+
+
+@FIGURES.register("seg-generation-examples")
+def dag_generation_examples(*, runs: Mapping[str, list[str]], scale: str, count: int = 4) -> Figure:
+    record = _record(runs)
+    caption = f"{scale} scale · from noise, {record['optimizer']}, {record['steps']} steps, target {record['target']}"
+    return generation_examples(arrays=_arrays(runs), num_classes=_record(runs, "metrics")["num_classes"],
+                               caption=caption, count=count)

@@ -1,0 +1,131 @@
+# Stage: segmentation (robust-seg). Canvases (or a user's VOC / Cityscapes) → one training job a (procedure, seed),
+# resumable, with its MLflow run → one robustness job a net (clean, BIM-k, PGD) and one synthesis job a (net, task)
+# (inpaint, generate; judged by the main job's classifier and a standard net of another seed) → tables and figures
+# (rules/tables.smk, rules/figures.smk). Settings: config `segmentation` (poisonlab.segmentation.settings).
+from poisonlab.segmentation import SEG_DATASETS, SEG_MODELS, SEG_PROCEDURES
+from poisonlab.segmentation.settings import TASKS, SegSettings
+
+try:
+    SEGMENTATION = SegSettings.from_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"config: {error}") from None
+SEG_DIR = PATHS.segmentation_dir()
+
+
+wildcard_constraints:
+    segdata=one_of(SEG_DATASETS.names()),
+    segarch=one_of(SEG_MODELS.names()),
+    procedure=one_of(SEG_PROCEDURES.names()),
+    task=one_of(TASKS),
+
+
+def segmentation_resources(stage):
+    """Threads and scheduler requests of a segmentation job (config segmentation.resources.<stage>)."""
+    return SEGMENTATION.job_resources(stage)
+
+
+def get_judges(wildcards):
+    """Synthesis's judges: the main job's clean classifier (and its training set, for its normalisation) and
+    the standard net of segmentation.judge_seed."""
+    c = SEGMENTATION.classifier
+    judge = PATHS.segmentation_dir(
+        wildcards.segdata,
+        wildcards.segarch,
+        "standard",
+        wildcards.recipe,
+        SEGMENTATION.judge_seed,
+    )
+    classifier = PATHS.run_dir(
+        c["dataset"], "clean", "none", c["arch"], config["recipe"], c["seed"]
+    )
+    return {
+        "classifier": f"{classifier}/model.pt",
+        "classifier_data": PATHS.clean(c["dataset"]),
+        "judge": f"{judge}/model.pt",
+        "judge_metrics": f"{judge}/metrics.json",
+    }
+
+
+rule segmentation_canvases:
+    output:
+        data=PATHS.segmentation_data(),
+    log:
+        f"logs/segmentation/{PATHS.segmentation_data()}.log",
+    threads: segmentation_resources("canvases")["cpus"]
+    resources:
+        gpu=segmentation_resources("canvases")["gpu"],
+        runtime=segmentation_resources("canvases")["runtime"],
+        mem_mb=segmentation_resources("canvases")["mem_mb"],
+    params:
+        options=lambda wildcards: SEGMENTATION.dataset_options(wildcards.segdata),
+    script:
+        "../workflow/scripts/segmentation_canvases.py"
+
+
+rule segmentation_train:
+    input:
+        data=PATHS.segmentation_data(),
+    output:
+        model=f"{SEG_DIR}/model.pt",
+        metrics=f"{SEG_DIR}/metrics.json",
+    log:
+        f"logs/segmentation/{SEG_DIR}/train.log",
+    threads: segmentation_resources("train")["cpus"]
+    resources:
+        gpu=segmentation_resources("train")["gpu"],
+        runtime=segmentation_resources("train")["runtime"],
+        mem_mb=segmentation_resources("train")["mem_mb"],
+    params:
+        recipe_config=get_recipe_config,
+        procedure_options=lambda wildcards: SEGMENTATION.procedure_options(
+            wildcards.procedure
+        ),
+        model_options=lambda wildcards: SEGMENTATION.model_options(wildcards.segarch),
+        device=config["device"],
+    script:
+        "../workflow/scripts/segmentation_train.py"
+
+
+rule segmentation_robustness:
+    input:
+        model=f"{SEG_DIR}/model.pt",
+        metrics=f"{SEG_DIR}/metrics.json",
+        data=PATHS.segmentation_data(),
+    output:
+        record=f"{SEG_DIR}/robustness.json",
+        examples=f"{SEG_DIR}/robustness.npz",
+    log:
+        f"logs/segmentation/{SEG_DIR}/robustness.log",
+    threads: segmentation_resources("robustness")["cpus"]
+    resources:
+        gpu=segmentation_resources("robustness")["gpu"],
+        runtime=segmentation_resources("robustness")["runtime"],
+        mem_mb=segmentation_resources("robustness")["mem_mb"],
+    params:
+        options=SEGMENTATION.robustness,
+        device=config["device"],
+    script:
+        "../workflow/scripts/segmentation_robustness.py"
+
+
+rule segmentation_synthesis:
+    input:
+        unpack(get_judges),
+        model=f"{SEG_DIR}/model.pt",
+        metrics=f"{SEG_DIR}/metrics.json",
+        data=PATHS.segmentation_data(),
+    output:
+        record=f"{SEG_DIR}/{{task}}.json",
+        arrays=f"{SEG_DIR}/{{task}}.npz",
+    log:
+        f"logs/segmentation/{SEG_DIR}/{{task}}.log",
+    threads: segmentation_resources("synthesis")["cpus"]
+    resources:
+        gpu=segmentation_resources("synthesis")["gpu"],
+        runtime=segmentation_resources("synthesis")["runtime"],
+        mem_mb=segmentation_resources("synthesis")["mem_mb"],
+    params:
+        options=lambda wildcards: SEGMENTATION.task_options(wildcards.task),
+        device=config["device"],
+    script:
+        "../workflow/scripts/segmentation_synthesis.py"
