@@ -3,28 +3,22 @@
 import re
 from pathlib import Path
 
-import jsonschema
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from poisonlab import tracking
 from poisonlab.config import (
-    check_config,
     get_dataset_options,
     get_defense_options,
     get_evaluation_options,
     get_poison_options,
     get_recipe,
-    typed,
+    resolve,
 )
 from poisonlab.data import DATASETS
-from poisonlab.defenses import DEFENSES, NUMBERED
+from poisonlab.defenses import DEFENSES
 from poisonlab.evaluation import EVALUATIONS
 from poisonlab.models import MODELS
 from poisonlab.papers import (
-    add_paper_recipes,
-    check_papers,
-    load_grids,
     load_reported,
     paper_figures,
     paper_tables,
@@ -34,36 +28,21 @@ from poisonlab.papers import (
 from poisonlab.paths import Paths, training_data
 from poisonlab.poisons import POISONS
 from poisonlab.registry import ConfigError
-from poisonlab.reporting.figures import FIGURES
 
 # ---------------------------------------------------------------- config: schema, names
 
 
 def resolve_config():
-    """Validate the config (the Snakefile merged the scale's file into it), then check every name and recipe.
+    """The config (the Snakefile merged the scale's file into it) checked before any job: schema (its name
+    enums from the registries), every name, option value and recipe (poisonlab.config.resolve).
 
     Returns the grid specs all_tables builds (config/papers/<slug>.yaml: baselines with the tables
     ``tables`` names, then each of ``papers``), checked too.
     """
     try:
-        resolved = typed(config)
-        config.clear()
-        config.update(resolved)
-        validate(config, "../config/schema.yaml")
-        grids = load_grids(Path(workflow.basedir) / "config" / "papers", config)
-        config["recipes"] = add_paper_recipes(config, grids)
-        check_config(config)
-        check_papers(grids, config, FIGURES.names())
-        return grids
+        return resolve(config, workflow.basedir)
     except ConfigError as error:
         raise WorkflowError(f"config: {error}") from None
-    except WorkflowError as error:
-        # A schema violation: say the field and the rule broken, not the whole schema.
-        cause = error.__context__
-        if not isinstance(cause, jsonschema.ValidationError):
-            raise
-        field = ".".join(map(str, cause.absolute_path)) or "(top level)"
-        raise WorkflowError(f"config: {field}: {cause.message}") from None
 
 
 GRIDS = resolve_config()
@@ -91,9 +70,7 @@ wildcard_constraints:
     dataset=one_of(DATASETS.names()),
     arch=one_of(MODELS.names()),
     poison=one_of(POISONS.names()),
-    defense="|".join(
-        [one_of(DEFENSES.names()), *(rf"{re.escape(name)}-\d+" for name in NUMBERED)]
-    ),
+    defense=DEFENSES.pattern(),
     evaluation=one_of(EVALUATIONS.names()),
     recipe=one_of(config["recipes"]),
     slug=one_of(GRIDS),
@@ -128,9 +105,9 @@ def get_poison_params(wildcards):
 
 
 def poison_resources(wildcards):
-    """Poisons that train a surrogate model (EM, TAP, REM) get the GPU resources of the scale."""
-    uses_surrogate = "surrogate" in POISONS.options(wildcards.poison)
-    return config["resources"]["poison_surrogate" if uses_surrogate else "poison"]
+    """Poisons registered as needing a GPU (they train a surrogate: EM, TAP, REM) get the scale's GPU resources."""
+    needs_gpu = POISONS.facts(wildcards.poison)["gpu"]
+    return config["resources"]["poison_surrogate" if needs_gpu else "poison"]
 
 
 def get_poisoned_data(wildcards):

@@ -244,7 +244,7 @@ def test_pst_needs_a_classifier_and_valid_options():
                            defense.state)
     with pytest.raises(ConfigError, match="defense 'pst' needs a poisonlab Classifier .*got Sequential"):
         defense.on_epoch_start(context)
-    for options, match in [({"rise": 0}, "rise must be > 0"), ({"slowdown": 1}, r"slowdown must lie in \[0, 1\)"),
+    for options, match in [({"rise": 0}, "rise must be > 0"), ({"slowdown": 1}, "slowdown must be >= 0 and < 1; got 1"),
                            ({"max_depth": 0}, "max_depth must be an integer >= 1"),
                            ({"sample_size": 1.5}, "sample_size must be an integer >= 1")]:
         with pytest.raises(ConfigError, match=f"defense 'pst': {match}"):

@@ -187,7 +187,7 @@ def test_same_seed_same_bytes_other_seed_differs(name):
     ("lsp", {"patch_size": 0}, "patch_size must be an integer >= 1"),
     ("lsp", {"patch_size": -8}, "patch_size must be an integer >= 1"),
     ("lsp", {"patch_size": 8.0}, "patch_size must be an integer >= 1"),
-    ("lsp", {"patch_size": 5}, "patch_size must divide the image size 32x32"),
+    ("lsp", {"patch_size": 5}, "patch_size must be a divisor of the image size 32x32; got 5"),
     ("random-noise", {"epsilon": -8 / 255}, "epsilon must be > 0 and <= 1.0"),
     ("random-noise", {"epsilon": 2.0}, "epsilon must be > 0 and <= 1.0"),
     ("regions-4", {"epsilon": 0.0}, "epsilon must be > 0"),
@@ -201,7 +201,7 @@ def test_bad_options_are_config_errors(name, params, message):
 
 
 def test_shape_dependent_errors():
-    with pytest.raises(ConfigError, match="regions-16.*divisible by 4; got 30x30"):
+    with pytest.raises(ConfigError, match="'regions-16': grid must be a divisor of the image size 30x30; got 4"):
         apply_poison("regions-16", random_dataset(n=20, size=30), seed=0)
     # One grey 32×32 patch is one feature: two cluster centroids, not ten.
     with pytest.raises(ConfigError, match="patch_size 32 leaves 1 features, too few for 10 classes"):

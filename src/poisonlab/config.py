@@ -5,9 +5,12 @@ holds what a scale changes. The Snakefile names the scale's file as a second
 ``configfile:``, so Snakemake merges it over the default and then the command
 line's ``--config``/``--configfile`` again, which still win; ``load_scaled``
 does the same merge (Snakemake's own) for the ``poisonlab`` commands.
-``check_config`` runs the checks a JSON schema cannot: names against the
-registries, recipes against the trainer, dataset options against each
-loader's signature.
+``validate_config`` checks the config against ``config/schema.yaml``, whose
+name enums (datasets, archs, poisons, evaluations) are filled from the
+registries when it is read, and fills the schema's defaults; ``check_config``
+runs the checks a JSON schema cannot: every option name and value against its
+entry's signature (``poisonlab.checks``), numbered defense names, recipes
+against the trainer. Each error is one ConfigError naming the field.
 """
 
 from __future__ import annotations
@@ -83,6 +86,64 @@ def typed(value: Any) -> Any:
     return value
 
 
+def schema(path: str | os.PathLike) -> dict[str, Any]:
+    """The config schema at ``path`` with its name enums filled from the registries (``$defs``: one a kind)."""
+    from poisonlab.data import DATASETS
+    from poisonlab.evaluation import EVALUATIONS
+    from poisonlab.models import MODELS
+    from poisonlab.poisons import POISONS
+
+    loaded = load_config(path)
+    for kind, registry in (("dataset", DATASETS), ("arch", MODELS), ("poison", POISONS), ("evaluation", EVALUATIONS)):
+        loaded["$defs"][kind]["enum"] = registry.names()
+    # Keys of per-dataset options: a dataset, or `default` for every dataset.
+    loaded["$defs"]["dataset_or_default"]["enum"] = ["default", *DATASETS.names()]
+    return loaded
+
+
+def validate_config(config: dict[str, Any], schema_path: str | os.PathLike) -> None:
+    """Validate ``config`` in place against the schema, filling its defaults; a ConfigError naming the field.
+
+    As Snakemake's ``validate``, which takes only a file and so could not see enums filled at run time.
+    """
+    import jsonschema
+
+    loaded = schema(schema_path)
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def with_defaults(validator, properties, instance, subschema):
+        for name, property_schema in properties.items():
+            if isinstance(instance, dict) and "default" in property_schema:
+                instance.setdefault(name, copy.deepcopy(property_schema["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    validator = jsonschema.validators.extend(base, {"properties": with_defaults})(loaded)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        field = ".".join(map(str, error.absolute_path)) or "(top level)"
+        raise ConfigError(f"{field}: {error.message}")
+
+
+def resolve(config: dict[str, Any], root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The Snakefile's config (the scale merged in), checked in place before any job: typed, validated with the
+    schema's defaults filled, paper recipes added, every name, option and recipe checked. Returns the grid
+    specs all_tables builds (``config/papers/<slug>.yaml``: baselines, then each of ``papers``), checked too.
+    """
+    from poisonlab.papers import add_paper_recipes, check_papers, load_grids
+    from poisonlab.reporting.figures import FIGURES
+
+    resolved = typed(config)
+    config.clear()
+    config.update(resolved)
+    validate_config(config, Path(root) / "config" / "schema.yaml")
+    grids = load_grids(Path(root) / "config" / "papers", config)
+    config["recipes"] = add_paper_recipes(config, grids)
+    check_config(config)
+    check_papers(grids, config, FIGURES.names())
+    return grids
+
+
 def get_recipe(config: dict[str, Any], name: str) -> Recipe:
     recipes = config.get("recipes", {})
     if name not in recipes:
@@ -117,29 +178,54 @@ def get_evaluation_options(config: dict[str, Any], evaluation: str, dataset: str
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Everything a run of this config will need, checked now: one ConfigError naming the field."""
-    from poisonlab.data import DATASETS
-    from poisonlab.defenses import build_defense
+    """Everything a run of this config will need, checked now: one ConfigError naming the field.
+
+    Option values are checked against the entries' annotations, with the facts of the dataset they are for
+    (its image size), so a patch that does not divide the images stops here, not in a job.
+    """
+    from poisonlab.data import DATASETS, image_size
+    from poisonlab.defenses import DEFENSES
     from poisonlab.evaluation import EVALUATIONS
     from poisonlab.models import MODELS
     from poisonlab.poisons import POISONS
 
     for name in config["datasets"]:
-        DATASETS.check_options(name, get_dataset_options(config, name)[0])
+        _named(f"datasets.{name}", DATASETS.check_options, name, get_dataset_options(config, name)[0])
     if config["dataset"] not in config["datasets"]:
         raise ConfigError(f"dataset: '{config['dataset']}' has no entry under datasets "
                           f"(defined: {', '.join(sorted(config['datasets']))})")
     for arch in config["archs"]:
-        MODELS.get(arch)
-    for poison, per_dataset in config.get("poison_options", {}).items():
-        for dataset in per_dataset:
-            POISONS.check_options(poison, get_poison_options(config, poison, dataset))
-    for defense in {*config.get("defenses", []), *config.get("defense_options", {})}:
-        for dataset in config["datasets"]:
-            build_defense(defense, get_defense_options(config, defense, dataset))  # raises on bad input
-    for evaluation in {*config.get("evaluations", []), *config.get("evaluation_options", {})}:
-        for dataset in config["datasets"]:
-            EVALUATIONS.check_options(evaluation, get_evaluation_options(config, evaluation, dataset))
+        _named("archs", MODELS.get, arch)
+    datasets = list(config["datasets"])
+    for key, names, registry, options_of in (
+            ("poison", config.get("poisons", []), POISONS, get_poison_options),
+            ("defense", config.get("defenses", []), DEFENSES, get_defense_options),
+            ("evaluation", config.get("evaluations", []), EVALUATIONS, get_evaluation_options)):
+        for name in names:
+            _named(f"{key}s", registry.get, name)
+        options = config.get(f"{key}_options", {})
+        for name in {*names, *options}:
+            # Every dataset the config names, and those the options name (a paper's dataset may be
+            # configured for a scale that does not list it under datasets).
+            for dataset in dict.fromkeys([*datasets, *(d for d in options.get(name, {}) if d != "default")]):
+                context = {"image_size": image_size(dataset, get_dataset_options(config, dataset)[0])
+                           if dataset in config["datasets"] else image_size(dataset)}
+                # The field the values come from: the options, or the name itself (jpeg-0).
+                field = f"{key}_options.{name}.{dataset}" if name in options else f"{key}s"
+                _named(field, registry.check_options, name, options_of(config, name, dataset), context)
+    for name in {*config.get("defenses", []), *config.get("defense_options", {})}:
+        # A defense's factory checks what its annotations cannot (an L∞ budget at most 1) when built.
+        for dataset in datasets:
+            field = f"defense_options.{name}.{dataset}" if name in config.get("defense_options", {}) else "defenses"
+            _named(field, DEFENSES.build, name, **get_defense_options(config, name, dataset))
     for name in config["recipes"]:
         get_recipe(config, name)
     get_recipe(config, config["recipe"])
+
+
+def _named(field: str, check: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, its ConfigError prefixed with the config field it is about."""
+    try:
+        return check(*args, **kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{field}: {error}") from None

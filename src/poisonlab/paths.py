@@ -93,10 +93,9 @@ class Paths:
 
 def training_data(config: dict[str, Any], dataset: str, poison: str, defense: str) -> str:
     """What a run trains on: the sanitized set for a data-level defense, else the poisoned (or clean) one."""
-    from poisonlab.config import get_defense_options
     from poisonlab.defenses import is_sanitizer
 
     paths = Paths.from_config(config)
-    if is_sanitizer(defense, get_defense_options(config, defense, dataset)):
+    if is_sanitizer(defense):  # the defense's registration says, without building it
         return paths.sanitized(dataset, poison, defense)
     return paths.poisoned_or_clean(dataset, poison)

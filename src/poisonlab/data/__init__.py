@@ -1,102 +1,19 @@
 """Datasets: config name → loader → ``ImageDataset`` (DESIGN.md, Names and Contracts).
 
-Each loader module registers its functions in ``DATASETS`` with keyword-only
-options; ``build_dataset`` is the one entry point the CLI and the Snakemake
-scripts call. The checksum and tar helpers live here because every loader
-records a source checksum and two of them read tarballs in place.
+Every module in this package is imported here, so adding a dataset is adding a
+module: its ``@DATASETS.register`` line (``poisonlab.data.base``) is the only
+other change. ``build_dataset`` is the one entry point the CLI and the Snakemake
+scripts call.
 """
 
-from __future__ import annotations
+import importlib
+import pkgutil
 
-import gzip
-import hashlib
-import os
-import tarfile
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
-
+from poisonlab.data.base import DATASETS, build_dataset, image_size
 from poisonlab.data.container import ImageDataset
-from poisonlab.registry import ConfigError, Registry
+from poisonlab.data.subset import stratified_subset
 
-DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-SUBSET_KEYS = ("train", "test", "seed")
-
-# Raised by tarfile/gzip/zlib on a truncated or corrupt archive, possibly only
-# midway through reading it.
-_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
-
-
-def _digest(algorithm: str, *paths: str | os.PathLike) -> str:
-    """Hex digest of the files' bytes, concatenated in the given order, read in chunks."""
-    hasher = hashlib.new(algorithm)
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _md5(*paths: str | os.PathLike) -> str:
-    return _digest("md5", *paths)
-
-
-def _sha256(*paths: str | os.PathLike) -> str:
-    return _digest("sha256", *paths)
-
-
-def _existing_path(dataset: str, path: str | os.PathLike | None, expected: str) -> Path:
-    """``path`` as a Path, or a ConfigError saying what the option should point to."""
-    if path is None:
-        raise ConfigError(f"dataset '{dataset}' needs option path: {expected}")
-    if not os.path.exists(path):
-        raise ConfigError(f"dataset '{dataset}': path {path} does not exist; expected {expected}")
-    return Path(path)
-
-
-@contextmanager
-def _tar_errors(path: Path) -> Iterator[None]:
-    """Turn a corrupt or truncated archive, wherever reading it fails, into a ConfigError."""
-    try:
-        yield
-    except _TAR_ERRORS as error:
-        raise ConfigError(f"{path} is not a readable tar archive ({error})") from None
-
-
-def build_dataset(
-    name: str, *, options: dict[str, Any] | None = None, subset: dict[str, Any] | None = None
-) -> ImageDataset:
-    """Load dataset ``name`` with its loader's ``options``, then take a stratified ``subset``.
-
-    ``subset`` is ``{"train": n, "test": n, "seed": s}`` (seed optional, default 0).
-    """
-    for field, value in (("options", options), ("subset", subset)):
-        if value is not None and not isinstance(value, dict):
-            raise ConfigError(f"dataset '{name}' {field} must be a mapping; got {type(value).__name__}")
-    if subset is not None:  # checked before loading, which can take minutes
-        _check_subset_keys(name, subset)
-    dataset = DATASETS.build(name, **(options or {}))
-    return dataset if subset is None else stratified_subset(dataset, **subset)
-
-
-def _check_subset_keys(name: str, subset: dict[str, Any]) -> None:
-    unknown = sorted(set(subset) - set(SUBSET_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"dataset '{name}' subset has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(SUBSET_KEYS)}"
-        )
-    missing = [key for key in ("train", "test") if key not in subset]
-    if missing:
-        raise ConfigError(
-            f"dataset '{name}' subset lacks {', '.join(missing)}; it needs train and test (seed optional)"
-        )
-
-
-# The loaders import DATASETS and the helpers above, so they are imported last.
-from poisonlab.data import cifar, imagefolder, mnist5k, stl10  # noqa: E402,F401
-from poisonlab.data.subset import stratified_subset  # noqa: E402
-
-__all__ = ["DATASETS", "ImageDataset", "build_dataset", "stratified_subset"]
+__all__ = ["DATASETS", "ImageDataset", "build_dataset", "image_size", "stratified_subset"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from poisonlab.data import DATASETS, _existing_path, _md5, _tar_errors
+from poisonlab.data.base import DATASETS, existing_path, md5_of, tar_errors
 from poisonlab.data.container import ImageDataset
 from poisonlab.registry import ConfigError
 
@@ -131,10 +131,10 @@ def _read_batches(
 
 def load_cifar_archive(spec: CifarArchive, path: Path, md5: str) -> ImageDataset:
     """Read the official python tarball at ``path`` after checking its md5."""
-    actual = _md5(path)
+    actual = md5_of(path)
     if actual != md5.lower():
         raise ConfigError(f"{spec.name}: {path} has md5 {actual}; expected {md5.lower()} ({spec.filename})")
-    with _tar_errors(path), tarfile.open(path, "r:*") as tar:
+    with tar_errors(path), tarfile.open(path, "r:*") as tar:
         x_train, y_train = _read_batches(tar, path, spec, spec.train_batches)
         x_test, y_test = _read_batches(tar, path, spec, spec.test_batches)
         names = _read_pickle(tar, path, f"{spec.folder}/{spec.meta_batch}").get(spec.names_key)
@@ -151,7 +151,7 @@ def load_cifar_archive(spec: CifarArchive, path: Path, md5: str) -> ImageDataset
     )
 
 
-def _torchvision(name: str, root: str | os.PathLike, download: bool, class_name: str, **split: Any) -> Any:
+def torchvision_dataset(name: str, root: str | os.PathLike, download: bool, class_name: str, **split: Any) -> Any:
     """``torchvision.datasets.<class_name>(root, download=download, **split)``, with a failure to find or
     fetch the data as a ConfigError."""
     # Imported here: torchvision costs ~1.3 s of start-up and only a download path needs it.
@@ -168,8 +168,8 @@ def _torchvision(name: str, root: str | os.PathLike, download: bool, class_name:
 
 
 def load_cifar_torchvision(spec: CifarArchive, root: str | os.PathLike, download: bool) -> ImageDataset:
-    train = _torchvision(spec.name, root, download, spec.torchvision_class, train=True)
-    test = _torchvision(spec.name, root, download, spec.torchvision_class, train=False)
+    train = torchvision_dataset(spec.name, root, download, spec.torchvision_class, train=True)
+    test = torchvision_dataset(spec.name, root, download, spec.torchvision_class, train=False)
     # torchvision has verified each batch file against the official md5s; the
     # checksum recorded is that of the batch files it read, in archive order.
     batch_files = [Path(root, spec.folder, name) for name in spec.train_batches + spec.test_batches]
@@ -182,7 +182,7 @@ def load_cifar_torchvision(spec: CifarArchive, root: str | os.PathLike, download
         meta={
             "dataset": spec.name,
             "source": f"torchvision.datasets.{spec.torchvision_class} ({root})",
-            "source_checksum": f"md5:{_md5(*batch_files)}",
+            "source_checksum": f"md5:{md5_of(*batch_files)}",
         },
     )
 
@@ -192,30 +192,30 @@ def load_cifar(
 ) -> ImageDataset:
     if path is None:
         return load_cifar_torchvision(spec, root, download)
-    archive = _existing_path(spec.name, path, f"the official {spec.filename}")
+    archive = existing_path(spec.name, path, f"the official {spec.filename}")
     if not archive.is_file():
         raise ConfigError(f"dataset '{spec.name}': path {archive} is a folder; expected the official {spec.filename}")
     return load_cifar_archive(spec, archive, md5)
 
 
-@DATASETS.register("cifar10")
+@DATASETS.register("cifar10", image_size=32)
 def load_cifar10(
     *, path: str | None = None, root: str = DEFAULT_ROOT, download: bool = True, md5: str = CIFAR10.md5
 ) -> ImageDataset:
     return load_cifar(CIFAR10, path, root, download, md5)
 
 
-@DATASETS.register("cifar100")
+@DATASETS.register("cifar100", image_size=32)
 def load_cifar100(
     *, path: str | None = None, root: str = DEFAULT_ROOT, download: bool = True, md5: str = CIFAR100.md5
 ) -> ImageDataset:
     return load_cifar(CIFAR100, path, root, download, md5)
 
 
-@DATASETS.register("svhn")
+@DATASETS.register("svhn", image_size=32)
 def load_svhn(*, root: str = DEFAULT_ROOT, download: bool = True) -> ImageDataset:
-    train = _torchvision("svhn", root, download, "SVHN", split="train")
-    test = _torchvision("svhn", root, download, "SVHN", split="test")
+    train = torchvision_dataset("svhn", root, download, "SVHN", split="train")
+    test = torchvision_dataset("svhn", root, download, "SVHN", split="test")
     mat_files = [Path(root, f"{split}_32x32.mat") for split in ("train", "test")]
     return ImageDataset(
         # torchvision keeps SVHN as (N, 3, 32, 32); the container is (N, H, W, C).
@@ -228,6 +228,6 @@ def load_svhn(*, root: str = DEFAULT_ROOT, download: bool = True) -> ImageDatase
             "dataset": "svhn",
             "source": f"torchvision.datasets.SVHN ({root})",
             # md5 of the two .mat files torchvision read (and checked), train then test
-            "source_checksum": f"md5:{_md5(*mat_files)}",
+            "source_checksum": f"md5:{md5_of(*mat_files)}",
         },
     )

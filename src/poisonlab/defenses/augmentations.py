@@ -39,8 +39,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from poisonlab.defenses.base import DEFENSES, check_positive
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Count, Fraction, Positive
+from poisonlab.defenses.base import DEFENSES
 from poisonlab.training.augment import AUGMENTATIONS, seeded_global_rng
 from poisonlab.training.procedure import EpochContext, Objective, TrainingDefense, soft_cross_entropy
 
@@ -48,32 +48,24 @@ UERASER_REPEATS = 5
 UERASER_PLASMA_P = 0.5  # lafeat/ueraser's; APBench's is 1.0
 
 
-def _check_count(defense: str, option: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"defense '{defense}': {option} must be an integer >= 1; got {value!r}")
-
-
 # ---------------------------------------------------------------- the AR paper's augmentations
 
 
 @DEFENSES.register("cutout")
-def cutout(*, size: int = 16) -> TrainingDefense:
+def cutout(*, size: Count = 16) -> TrainingDefense:
     """Zero a ``size``×``size`` square (16, the AR paper's) at a random centre of each image."""
-    _check_count("cutout", "size", size)
     return TrainingDefense(transforms=[AUGMENTATIONS.build("cutout", size=size)])
 
 
 @DEFENSES.register("cutmix")
-def cutmix(*, alpha: float = 1.0) -> TrainingDefense:
+def cutmix(*, alpha: Positive = 1.0) -> TrainingDefense:
     """Paste a box from another image of the batch, λ ~ Beta(``alpha``, ``alpha``), targets by area."""
-    check_positive("cutmix", "alpha", alpha)
     return TrainingDefense(transforms=[AUGMENTATIONS.build("cutmix", alpha=alpha)])
 
 
 @DEFENSES.register("mixup")
-def mixup(*, alpha: float = 1.0) -> TrainingDefense:
+def mixup(*, alpha: Positive = 1.0) -> TrainingDefense:
     """Mix each image and its target with another of the batch, λ ~ Beta(``alpha``, ``alpha``)."""
-    check_positive("mixup", "alpha", alpha)
     return TrainingDefense(transforms=[AUGMENTATIONS.build("mixup", alpha=alpha)])
 
 
@@ -117,16 +109,12 @@ def max_over_copies_objective(policy: nn.Module, repeats: int, copies_now: dict[
 
 
 @DEFENSES.register("ueraser")
-def ueraser(*, repeats: int = UERASER_REPEATS, adversarial_epochs: int | None = None,
-            plasma_p: float = UERASER_PLASMA_P) -> TrainingDefense:
+def ueraser(*, repeats: Count = UERASER_REPEATS, adversarial_epochs: Count | None = None,
+            plasma_p: Fraction = UERASER_PLASMA_P) -> TrainingDefense:
     """Train on the worst of ``repeats`` (5) augmented copies per image; one copy after ``adversarial_epochs``.
 
     ``plasma_p``: probability of each plasma transform, 0.5 as lafeat/ueraser, 1.0 as APBench.
     """
-    _check_count("ueraser", "repeats", repeats)
-    check_positive("ueraser", "plasma_p", plasma_p, maximum=1.0)
-    if adversarial_epochs is not None:
-        _check_count("ueraser", "adversarial_epochs", adversarial_epochs)
     copies_now: dict[str, int] = {}
 
     def switch_to_one_copy(context: EpochContext) -> None:

@@ -16,8 +16,11 @@ options (from config ``defense_options``) it checks them and returns one of:
   augmentations, a replacement objective, a hook before each epoch, and state
   checkpointed with the run.
 
-Numbered names: ``jpeg-<q>`` is the ``jpeg`` factory at ``quality=q`` (ISS uses
-``jpeg-10``); ``split_name`` turns one into the other.
+Its registration says which (``level="data"`` for a sanitizer, else
+``"training"``), so the DAG knows whether a run needs a sanitized set without
+building the defense. Numbered names: ``jpeg-<q>`` is the ``jpeg`` factory at
+``quality=q`` (ISS uses ``jpeg-10``), registered with ``numbered="quality"``;
+the registry resolves such names.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from poisonlab.poisons.base import to_float, to_uint8
 from poisonlab.registry import ConfigError, Registry
 from poisonlab.training.procedure import EpochContext, TrainingDefense
 
+
 @dataclass(frozen=True)
 class Sanitizer:
     apply: Callable[..., torch.Tensor]  # (images, labels, *, num_classes, generator) → images
@@ -41,10 +45,8 @@ class Sanitizer:
 
 Defense = Sanitizer | TrainingDefense
 
-DEFENSES: Registry[Callable[..., Defense]] = Registry("defense")
-
-# Families whose names carry their one option as a number: "jpeg-10" → jpeg(quality=10).
-NUMBERED = {"jpeg": "quality"}
+# level: "data" (a Sanitizer, cached as a sanitized container) or "training" (a TrainingDefense).
+DEFENSES: Registry[Callable[..., Defense]] = Registry("defense", facts={"level": "training"})
 
 
 @DEFENSES.register("none")
@@ -53,42 +55,14 @@ def no_defense() -> TrainingDefense:
     return TrainingDefense()
 
 
-def split_name(name: str) -> tuple[str, dict[str, int]]:
-    """A defense name → (registered factory name, options its name carries)."""
-    family, _, number = name.rpartition("-")
-    if family in NUMBERED and number.isdigit():
-        return family, {NUMBERED[family]: int(number)}
-    if name in NUMBERED:
-        raise ConfigError(f"defense '{name}' needs its {NUMBERED[name]} in the name, e.g. '{name}-10'")
-    return name, {}
-
-
-def defense_names() -> list[str]:
-    """Every accepted name, numbered families shown as 'jpeg-<quality>'."""
-    return sorted(f"{name}-<{NUMBERED[name]}>" if name in NUMBERED else name for name in DEFENSES.names())
-
-
 def build_defense(name: str, options: dict[str, Any] | None = None) -> Defense:
     """The defense ``name`` with ``options``; ConfigError naming the defense and field on bad input."""
-    family, from_name = split_name(name)
-    if family not in DEFENSES:
-        raise ConfigError(f"unknown defense '{name}'; known defenses: {', '.join(defense_names())}")
-    clash = sorted(set(from_name) & set(options or {}))
-    if clash:
-        raise ConfigError(f"defense '{name}': {', '.join(clash)} is given by the name; remove it from the options")
-    return DEFENSES.build(family, **from_name, **(options or {}))
+    return DEFENSES.build(name, **(options or {}))
 
 
-def is_sanitizer(name: str, options: dict[str, Any] | None = None) -> bool:
-    return isinstance(build_defense(name, options), Sanitizer)
-
-
-def check_positive(defense: str, option: str, value: float, *, maximum: float | None = None) -> None:
-    """An option that must be > 0 (and <= ``maximum``): one message naming the defense and field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or (
-            maximum is not None and value > maximum):
-        bound = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(f"defense '{defense}': {option} must be > 0{bound}; got {value!r}")
+def is_sanitizer(name: str) -> bool:
+    """Whether defense ``name`` acts on the data (a sanitized container) rather than during training."""
+    return DEFENSES.facts(name)["level"] == "data"
 
 
 def apply_sanitizer(name: str, dataset: ImageDataset, *, seed: int, options: dict[str, Any] | None = None,

@@ -46,15 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poisonlab.defenses.base import DEFENSES, Sanitizer, check_positive
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Count, Positive
+from poisonlab.defenses.base import DEFENSES, Sanitizer
 from poisonlab.training.loop import shuffled_batches, train_step
 from poisonlab.training.recipe import Recipe
-
-
-def _check_count(option: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"defense 'ortho': {option} must be an integer >= 1; got {value!r}")
 
 
 def fit_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator, *,
@@ -92,12 +87,9 @@ def project_out(images: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return torch.addmm(flat, flat @ basis, basis.T, alpha=-1).view_as(images)
 
 
-@DEFENSES.register("ortho")
-def ortho(*, epochs: int = 20, lr: float = 0.1, batch_size: int = 1024) -> Sanitizer:
+@DEFENSES.register("ortho", level="data")
+def ortho(*, epochs: Count = 20, lr: Positive = 0.1, batch_size: Count = 1024) -> Sanitizer:
     """Remove the span of a linear classifier's class weights from every training image (off the uint8 grid)."""
-    _check_count("epochs", epochs)
-    _check_count("batch_size", batch_size)
-    check_positive("ortho", "lr", lr)
 
     def apply(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
               generator: torch.Generator) -> torch.Tensor:

@@ -69,11 +69,13 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from poisonlab.defenses.base import DEFENSES, check_positive
+from poisonlab.checks import Count, Number, Positive
+from poisonlab.defenses.base import DEFENSES
 from poisonlab.registry import ConfigError
 from poisonlab.training.procedure import EpochContext, TrainingDefense
 
@@ -83,15 +85,10 @@ MEASURE_BATCH = 256  # images a forward pass of the measurement: bounds the acti
 
 
 @DEFENSES.register("pst")
-def progressive_staged_training(*, rise: float = 0.1, slowdown: float = 0.0, max_depth: int = 2,
-                                sample_size: int = 512) -> TrainingDefense:
-    """Freeze (or slow) the shallow stages once their activations start clustering by class more than at the start."""
-    check_positive("pst", "rise", rise)
-    if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or not 0 <= slowdown < 1:
-        raise ConfigError(f"defense 'pst': slowdown must lie in [0, 1) (0 freezes); got {slowdown!r}")
-    for option, value in (("max_depth", max_depth), ("sample_size", sample_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"defense 'pst': {option} must be an integer >= 1; got {value!r}")
+def progressive_staged_training(*, rise: Positive = 0.1, slowdown: Annotated[float, Number(ge=0, lt=1)] = 0.0,
+                                max_depth: Count = 2, sample_size: Count = 512) -> TrainingDefense:
+    """Freeze (or slow, by ``slowdown``: 0 freezes) the shallow stages once their activations start clustering
+    by class more than at the start."""
 
     state: dict = {"depth": 0, "start": [], "history": []}
     hooked: weakref.WeakSet = weakref.WeakSet()

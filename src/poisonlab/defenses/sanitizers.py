@@ -29,19 +29,15 @@ them to uint8 as the originals store their images.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 
-from poisonlab.defenses.base import DEFENSES, Sanitizer, check_positive
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Number, Positive
+from poisonlab.defenses.base import DEFENSES, Sanitizer
 
 CHUNK = 1024  # images a step: a blur's padded copy or a list of JPEG buffers stays small on ImageNet-sized sets
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's and PIL's grayscale
-
-
-def _check_integer(defense: str, option: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"defense '{defense}': {option} must be an integer in {low}..{high}; got {value!r}")
 
 
 def _in_chunks(transform: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
@@ -53,10 +49,9 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-@DEFENSES.register("jpeg")
-def jpeg(*, quality: int = 10) -> Sanitizer:
+@DEFENSES.register("jpeg", level="data", numbered="quality")
+def jpeg(*, quality: Annotated[int, Number(ge=1, le=100, integer=True)] = 10) -> Sanitizer:
     """JPEG encode and decode at ``quality`` (1..100; ISS uses 10), on the uint8 image."""
-    _check_integer(f"jpeg-{quality}", "quality", quality, 1, 100)
     # torchvision is imported by the sanitizers that use it, not at the top: it costs ~1.3 s of start-up
     # (it pulls in torch._dynamo) and every training job imports this package.
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
@@ -74,7 +69,7 @@ def jpeg(*, quality: int = 10) -> Sanitizer:
     return Sanitizer(apply=apply)
 
 
-@DEFENSES.register("grayscale")
+@DEFENSES.register("grayscale", level="data")
 def grayscale() -> Sanitizer:
     """ITU-R 601 luma copied to every channel (ISS's grayscale); single-channel images are left as they are."""
 
@@ -91,10 +86,9 @@ def grayscale() -> Sanitizer:
     return Sanitizer(apply=apply)
 
 
-@DEFENSES.register("bdr")
-def bdr(*, bits: int = 2) -> Sanitizer:
+@DEFENSES.register("bdr", level="data")
+def bdr(*, bits: Annotated[int, Number(ge=1, le=8, integer=True)] = 2) -> Sanitizer:
     """Bit-depth reduction: keep the ``bits`` (1..8; ISS and APBench use 2) high bits of each uint8 channel."""
-    _check_integer("bdr", "bits", bits, 1, 8)
     step = 2 ** (8 - bits)
 
     def apply(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
@@ -104,12 +98,9 @@ def bdr(*, bits: int = 2) -> Sanitizer:
     return Sanitizer(apply=apply)
 
 
-@DEFENSES.register("blur")
-def blur(*, kernel_size: int = 3, sigma: float = 0.1) -> Sanitizer:
+@DEFENSES.register("blur", level="data")
+def blur(*, kernel_size: Annotated[int, Number(ge=3, integer=True, odd=True)] = 3, sigma: Positive = 0.1) -> Sanitizer:
     """Gaussian blur, ``kernel_size`` (odd, >= 3) × same, std ``sigma``; ISS and APBench: 3 and 0.1 (a no-op)."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-        raise ConfigError(f"defense 'blur': kernel_size must be an odd integer >= 3; got {kernel_size!r}")
-    check_positive("blur", "sigma", sigma)
     from torchvision.transforms.v2.functional import gaussian_blur  # here, as in jpeg
 
     def apply(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,

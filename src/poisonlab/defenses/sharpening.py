@@ -46,12 +46,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
-from poisonlab.defenses.base import DEFENSES, check_positive
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Fraction, Number, Positive
+from poisonlab.defenses.base import DEFENSES
 from poisonlab.training.augment import Augmentation
 from poisonlab.training.procedure import TrainingDefense
 
@@ -165,50 +166,36 @@ def sharpening_defense(sample_taps: TapSampler, keep: float | None) -> TrainingD
     return TrainingDefense(transforms=[sharpening_transform(sample_taps, keep)], recipe_augment=smaller_image_crop)
 
 
-def _check_center(defense: str, center: float) -> None:
-    if isinstance(center, bool) or not isinstance(center, (int, float)) or not center >= 1:
-        raise ConfigError(f"defense '{defense}': center must be >= 1 (1 leaves images as they are, below 1 the "
-                          f"kernel blurs); got {center!r}")
-
-
-def _check_keep(defense: str, keep: float) -> None:
-    check_positive(defense, "keep", keep, maximum=1.0)
+# A centre of 1 leaves images as they are; below 1 the kernel blurs.
+Center = Annotated[float, Number(ge=1)]
 
 
 @DEFENSES.register("ssk")
-def ssk(*, center: float = SHARP_CENTER) -> TrainingDefense:
+def ssk(*, center: Center = SHARP_CENTER) -> TrainingDefense:
     """Fixed sharpening kernel, centre ``center`` (2.5), neighbours −(center − 1)/4."""
-    _check_center("ssk", center)
     return sharpening_defense(fixed_taps(center), keep=None)
 
 
 @DEFENSES.register("rsk")
-def rsk(*, center: float = SHARP_CENTER, std: float = KERNEL_STD) -> TrainingDefense:
+def rsk(*, center: Center = SHARP_CENTER, std: Positive = KERNEL_STD) -> TrainingDefense:
     """A random kernel per image: centre c ~ N(``center`` 2.5, ``std`` 0.1), neighbours −N((c − 1)/4, std)."""
-    _check_center("rsk", center)
-    check_positive("rsk", "std", std)
     return sharpening_defense(random_taps(center, std), keep=None)
 
 
 @DEFENSES.register("ff")
-def ff(*, keep: float = FF_KEEP) -> TrainingDefense:
+def ff(*, keep: Fraction = FF_KEEP) -> TrainingDefense:
     """Low-frequency filter: the lowest ``keep`` (0.3) of DCT rows × columns."""
-    _check_keep("ff", keep)
     return TrainingDefense(transforms=[low_pass_transform(keep)])
 
 
 @DEFENSES.register("ssk-ff")
-def ssk_ff(*, center: float = SHARP_CENTER, keep: float = FF_KEEP) -> TrainingDefense:
+def ssk_ff(*, center: Center = SHARP_CENTER, keep: Fraction = FF_KEEP) -> TrainingDefense:
     """SSK, then FF on the sharpened image."""
-    _check_center("ssk-ff", center)
-    _check_keep("ssk-ff", keep)
     return sharpening_defense(fixed_taps(center), keep)
 
 
 @DEFENSES.register("rsk-ff")
-def rsk_ff(*, center: float = SHARP_CENTER, std: float = KERNEL_STD, keep: float = FF_KEEP) -> TrainingDefense:
+def rsk_ff(*, center: Center = SHARP_CENTER, std: Positive = KERNEL_STD,
+           keep: Fraction = FF_KEEP) -> TrainingDefense:
     """RSK, then FF on the sharpened image: the paper's strongest defense against CUDA."""
-    _check_center("rsk-ff", center)
-    check_positive("rsk-ff", "std", std)
-    _check_keep("rsk-ff", keep)
     return sharpening_defense(random_taps(center, std), keep)

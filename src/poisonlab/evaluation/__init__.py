@@ -8,9 +8,9 @@ adding a module: its ``@EVALUATIONS.register`` line is the only other change.
 import importlib
 import pkgutil
 
-from poisonlab.evaluation.base import EVALUATIONS, IDENTITY_KEYS, TrainedRun, check_number, evaluate_run
+from poisonlab.evaluation.base import EVALUATIONS, IDENTITY_KEYS, TrainedRun, evaluate_run
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["EVALUATIONS", "IDENTITY_KEYS", "TrainedRun", "check_number", "evaluate_run"]
+__all__ = ["EVALUATIONS", "IDENTITY_KEYS", "TrainedRun", "evaluate_run"]

@@ -117,18 +117,6 @@ def evaluate_run(name: str, run_dir: str | os.PathLike, *, training_data: str | 
             **evaluation(run, **options)}
 
 
-def check_number(evaluation: str, name: str, value: Any, *, minimum: float, integer: bool = False,
-                 inclusive: bool = True) -> None:
-    """Raise ConfigError naming option ``name`` unless it is a number (an integer if asked) above ``minimum``."""
-    kinds = (int,) if integer else (int, float)
-    in_range = isinstance(value, kinds) and not isinstance(value, bool) and (
-        value >= minimum if inclusive else value > minimum)
-    if not in_range:
-        kind = "an integer" if integer else "a number"
-        bound = f">= {minimum}" if inclusive else f"> {minimum}"
-        raise ConfigError(f"evaluation '{evaluation}': {name} must be {kind} {bound}; got {value!r}")
-
-
 def _resolved_options(evaluation: Evaluation, options: dict[str, Any]) -> dict[str, Any]:
     parameters = inspect.signature(evaluation).parameters.values()
     defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}

@@ -53,7 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.data.subset import stratified_indices
-from poisonlab.evaluation.base import EVALUATIONS, TrainedRun, check_number
+from poisonlab.checks import Count, Seed
+from poisonlab.evaluation.base import EVALUATIONS, TrainedRun
 from poisonlab.registry import ConfigError
 
 LR = 0.5  # the script's LBFGS learning rate
@@ -62,13 +63,8 @@ MAX_ITER = 20  # LBFGS iterations a step: torch's default, which the script keep
 
 
 @EVALUATIONS.register("linsep")
-def linsep(run: TrainedRun, *, max_images: int | None = None, steps: int = STEPS, max_iter: int = MAX_ITER,
-           seed: int = 0) -> dict[str, Any]:
-    if max_images is not None:
-        check_number("linsep", "max_images", max_images, minimum=1, integer=True)
-    check_number("linsep", "steps", steps, minimum=1, integer=True)
-    check_number("linsep", "max_iter", max_iter, minimum=1, integer=True)
-    check_number("linsep", "seed", seed, minimum=0, integer=True)
+def linsep(run: TrainedRun, *, max_images: Count | None = None, steps: Count = STEPS, max_iter: Count = MAX_ITER,
+           seed: Seed = 0) -> dict[str, Any]:
     training, clean = run.training, run.clean
     if training.x_train.shape != clean.x_train.shape or not np.array_equal(training.y_train, clean.y_train):
         raise ConfigError(f"linsep: {run.training_data} and {run.clean_data} must hold the same training images "

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from poisonlab.evaluation.base import EVALUATIONS, TrainedRun, check_number
+from poisonlab.checks import Positive
+from poisonlab.evaluation.base import EVALUATIONS, TrainedRun
 from poisonlab.registry import ConfigError
 
 
 @EVALUATIONS.register("peak")
-def peak(run: TrainedRun, *, loss_threshold: float = 0.5) -> dict[str, Any]:
-    check_number("peak", "loss_threshold", loss_threshold, minimum=0, inclusive=False)
+def peak(run: TrainedRun, *, loss_threshold: Positive = 0.5) -> dict[str, Any]:
     history = run.metrics["history"]
     if not history:
         raise ConfigError(f"run {run.run_dir}: metrics.json has an empty history")

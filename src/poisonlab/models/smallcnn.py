@@ -14,7 +14,7 @@ from poisonlab.models.base import MODELS, Classifier, check_sizes, global_pool
 WIDTHS = (32, 64, 128)
 
 
-def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # BN supplies the bias
         nn.BatchNorm2d(out_channels),
@@ -29,5 +29,5 @@ def smallcnn(*, num_classes: int, in_channels: int, image_size: int) -> Classifi
     check_sizes("smallcnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                 min_image_size=2 ** len(WIDTHS))
     channels = (in_channels, *WIDTHS)
-    stages = [(f"block{i + 1}", _block(channels[i], channels[i + 1])) for i in range(len(WIDTHS))]
+    stages = [(f"block{i + 1}", conv_block(channels[i], channels[i + 1])) for i in range(len(WIDTHS))]
     return Classifier([*stages, ("pool", global_pool())], WIDTHS[-1], num_classes)

@@ -9,7 +9,7 @@ note ``ssl-attribution.md`` §4, measured on a 2-core CPU). Same body/head split
 from __future__ import annotations
 
 from poisonlab.models.base import MODELS, Classifier, check_sizes, global_pool
-from poisonlab.models.smallcnn import _block
+from poisonlab.models.smallcnn import conv_block
 
 WIDTHS = (16, 32, 64)
 
@@ -19,5 +19,5 @@ def tinycnn(*, num_classes: int, in_channels: int, image_size: int) -> Classifie
     check_sizes("tinycnn", num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                 min_image_size=2 ** len(WIDTHS))
     channels = (in_channels, *WIDTHS)
-    stages = [(f"block{i + 1}", _block(channels[i], channels[i + 1])) for i in range(len(WIDTHS))]
+    stages = [(f"block{i + 1}", conv_block(channels[i], channels[i + 1])) for i in range(len(WIDTHS))]
     return Classifier([*stages, ("pool", global_pool())], WIDTHS[-1], num_classes)

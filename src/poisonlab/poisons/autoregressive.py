@@ -45,11 +45,13 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
-from poisonlab.poisons.base import POISONS, check_budget, single_thread
+from poisonlab.checks import Number, OneOf
+from poisonlab.poisons.base import POISONS, single_thread
 from poisonlab.registry import ConfigError
 
 CROP = 4  # the map is 4 px larger than the image; its first 4 rows and columns are dropped
@@ -206,8 +208,6 @@ def search_coefficients(num_classes: int, channels: int, height: int, width: int
 def class_coefficients(source: str, path: str | None, num_classes: int, shape: tuple[int, ...],
                        generator: torch.Generator, *, poison: str = "ar") -> torch.Tensor:
     """Resolve the ``coefficients`` option: published, searched, or ``auto`` (published where they exist)."""
-    if source not in SOURCES:
-        raise ConfigError(f"poison '{poison}': coefficients must be one of {', '.join(SOURCES)}; got {source!r}")
     _, channels, height, width = shape
     if source == "published" or (source == "auto" and (num_classes, channels) in PUBLISHED):
         return load_published(num_classes, channels, path, poison=poison)
@@ -216,15 +216,17 @@ def class_coefficients(source: str, path: str | None, num_classes: int, shape: t
 
 NORMS = {"l2": 2.0, "linf": float("inf")}
 DEFAULT_EPSILON = {"l2": 1.0, "linf": 8 / 255}  # the paper's CIFAR budgets
+# An L∞ radius beyond 1 is no budget at all in [0, 1] pixel units; an L2 one can be.
+Budget = Annotated[float, Number(gt=0), Number(gt=0, le=1.0, when=lambda options: options["norm"] == "linf")]
 
 
 @single_thread()
 def autoregressive(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                   name: str, norm: str, epsilon: float | None = None, coefficients: str = "auto",
+                   name: str, norm: str, epsilon: Budget | None = None,
+                   coefficients: Annotated[str, OneOf(SOURCES)] = "auto",
                    coefficients_path: str | None = None) -> torch.Tensor:
     """AR noise of exact ``norm`` ``epsilon`` (L2 1.0: CIFAR-10/100, SVHN; L∞ 8/255) added to each image, clamped."""
     epsilon = DEFAULT_EPSILON[norm] if epsilon is None else epsilon
-    check_budget(name, "epsilon", epsilon, maximum=1.0 if norm == "linf" else None)
     processes = class_coefficients(coefficients, coefficients_path, num_classes, tuple(images.shape), generator,
                                    poison=name)
     delta = ar_perturbations(labels, processes, tuple(images.shape), generator, norm=NORMS[norm], epsilon=epsilon)

@@ -35,11 +35,13 @@ import numpy as np
 import torch
 
 from poisonlab.data.container import ImageDataset
-from poisonlab.registry import ConfigError, Registry
+from poisonlab.registry import Registry
 
 Poison = Callable[..., torch.Tensor]
 
-POISONS: Registry[Poison] = Registry("poison")
+# gpu: the poison trains a model (a surrogate), so at scale its job asks for the scale's GPU
+# (resources.poison_surrogate) instead of the CPU resources of the others (resources.poison).
+POISONS: Registry[Poison] = Registry("poison", facts={"gpu": False}, supplied=("num_classes", "generator"))
 
 
 @POISONS.register("clean")
@@ -69,13 +71,6 @@ def perturbation_norms(clean: np.ndarray, poisoned: np.ndarray) -> tuple[np.ndar
     return np.linalg.norm(delta, axis=1).astype(np.float32), np.abs(delta).max(axis=1).astype(np.float32)
 
 
-def check_budget(poison: str, name: str, value: float, *, maximum: float | None = None) -> None:
-    """A budget must be positive (and at most ``maximum``): one message naming the field."""
-    if not value > 0 or (maximum is not None and value > maximum):
-        bound = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(f"poison '{poison}': {name} must be > 0{bound}; got {value}")
-
-
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run torch's CPU ops on one thread inside the block (or decorated function), restoring the setting."""
@@ -94,7 +89,7 @@ def apply_poison(name: str, dataset: ImageDataset, *, seed: int, params: dict[st
                  device: torch.device | str = "cpu") -> ImageDataset:
     """Poison ``dataset``'s training set with ``name``; the test set stays clean."""
     params = dict(params or {})
-    POISONS.check_options(name, params)
+    POISONS.check_options(name, params, {"image_size": tuple(dataset.x_train.shape[1:3])})
     generator = torch.Generator(device=device).manual_seed(seed)
     images = to_float(dataset.x_train, device)
     labels = torch.from_numpy(dataset.y_train).to(device)

@@ -23,11 +23,13 @@ stays black instead of dividing by zero.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 
-from poisonlab.poisons.base import POISONS, check_budget, floor_to_levels, single_thread
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Fraction, Number
+from poisonlab.poisons.base import POISONS, floor_to_levels, single_thread
 
 CHUNK = 256  # images blurred at a time: ~3 MB of CIFAR, in cache
 
@@ -68,12 +70,10 @@ def convolve_classwise(images: torch.Tensor, labels: torch.Tensor, filters: torc
 
 @POISONS.register("cuda")
 def cuda(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-         kernel_size: int = 3, blur_parameter: float = 0.3) -> torch.Tensor:
-    """Class-wise random blur, k = ``kernel_size`` (3), entries U(0, ``blur_parameter``) (0.3), one set to 1."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ConfigError(f"poison 'cuda': kernel_size must be an odd integer >= 1 (3 for CIFAR, 9 for "
-                          f"ImageNet-100); got {kernel_size!r}")
-    check_budget("cuda", "blur_parameter", blur_parameter, maximum=1.0)
+         kernel_size: Annotated[int, Number(ge=1, integer=True, odd=True)] = 3,
+         blur_parameter: Fraction = 0.3) -> torch.Tensor:
+    """Class-wise random blur, k = ``kernel_size`` (3; 9 for ImageNet-100), entries U(0, ``blur_parameter``) (0.3),
+    one set to 1."""
     filters = cuda_filters(num_classes, kernel_size, blur_parameter, generator)
     # In [0, 1] (non-negative, divided by its maximum), then floored to the uint8 grid as the original saves it.
     return floor_to_levels(convolve_classwise(images, labels, filters))

@@ -35,27 +35,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.attacks import pgd
-from poisonlab.poisons.base import POISONS, check_budget
-from poisonlab.poisons.surrogate import (SurrogateTrainer, augmenter, build_surrogate, check_count, check_step,
-                                         check_surrogate, logits, surrogate_recipe)
+from poisonlab.checks import Count, Fraction, Positive
+from poisonlab.poisons.base import POISONS
+from poisonlab.poisons.surrogate import (Step, Surrogate, SurrogateTrainer, augmenter, build_surrogate, logits,
+                                         surrogate_recipe)
 from poisonlab.training.loop import shuffled_batches
 
 ATTACK_CHUNK = 512  # images attacked at once; the model is fixed, so this only bounds memory
 
 
 def error_maximizing(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                     name: str, targeted: bool, epsilon: float = 8 / 255, step_size: float = 0.4 / 255,
-                     steps: int = 250, restarts: int = 8, augment: bool = True, surrogate: str = "resnet18",
-                     surrogate_epochs: int = 40, batch_size: int = 128, lr: float = 0.1) -> torch.Tensor:
+                     name: str, targeted: bool, epsilon: Fraction = 8 / 255, step_size: Step = 0.4 / 255,
+                     steps: Count = 250, restarts: Count = 8, augment: bool = True, surrogate: Surrogate = "resnet18",
+                     surrogate_epochs: Count = 40, batch_size: Count = 128, lr: Positive = 0.1) -> torch.Tensor:
     """Adversarial poison (Fowl et al. 2021): each image pushed towards class (y + 1) mod K when ``targeted``,
     else away from its own."""
-    check_budget(name, "epsilon", epsilon, maximum=1.0)
-    check_step(name, step_size, epsilon)
-    for option, value in (("steps", steps), ("restarts", restarts), ("surrogate_epochs", surrogate_epochs),
-                          ("batch_size", batch_size)):
-        check_count(name, option, value)
-    check_budget(name, "lr", lr)
-    check_surrogate(name, surrogate)
 
     transform = augmenter(images.shape[-1], generator)
     model = clean_surrogate(images, labels, num_classes, generator, surrogate=surrogate, epochs=surrogate_epochs,
@@ -82,8 +76,9 @@ def error_maximizing(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
     return (images + best).clamp(0, 1)
 
 
-POISONS.register("tap")(partial(error_maximizing, name="tap", targeted=True))
-POISONS.register("tap-untargeted")(partial(error_maximizing, name="tap-untargeted", targeted=False))
+# gpu: a surrogate is trained, so a paper-scale job asks for the scale's GPU (resources.poison_surrogate).
+POISONS.register("tap", gpu=True)(partial(error_maximizing, name="tap", targeted=True))
+POISONS.register("tap-untargeted", gpu=True)(partial(error_maximizing, name="tap-untargeted", targeted=False))
 
 
 def clean_surrogate(images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator, *,

@@ -40,43 +40,36 @@ from __future__ import annotations
 import logging
 import math
 from functools import partial
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
 from poisonlab.attacks import pgd
-from poisonlab.poisons.base import POISONS, check_budget
-from poisonlab.poisons.surrogate import (SurrogateTrainer, accuracy, augmenter, batch_stream, build_surrogate,
-                                         check_count, check_step, check_surrogate, cross_entropy_sum, logits,
-                                         surrogate_recipe)
-from poisonlab.registry import ConfigError
+from poisonlab.checks import Count, Fraction, Number, Positive
+from poisonlab.poisons.base import POISONS
+from poisonlab.poisons.surrogate import (Step, Surrogate, SurrogateTrainer, accuracy, augmenter, batch_stream,
+                                         build_surrogate, cross_entropy_sum, logits, surrogate_recipe)
 from poisonlab.training.loop import shuffled_batches
 
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP = 5.0  # Huang et al.'s training config clips the surrogate's gradient norm at 5
+# A step no larger than the radius it moves in, where there is one.
+AdvStep = Annotated[float, Number(gt=0), Number(gt=0, le="adv_radius", when=lambda options: options["adv_radius"] > 0)]
 STEPS = {False: 20, True: 1}  # PGD steps a batch a round: sample-wise, class-wise (the authors' defaults)
 
 
 def error_minimizing(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                     name: str, classwise: bool, epsilon: float = 8 / 255, step_size: float = 0.8 / 255,
-                     steps: int | None = None, model_steps: int = 10, stop_accuracy: float = 0.99,
-                     max_rounds: int = 100, surrogate: str = "resnet18", batch_size: int = 512,
-                     lr: float = 0.1) -> torch.Tensor:
+                     name: str, classwise: bool, epsilon: Fraction = 8 / 255, step_size: Step = 0.8 / 255,
+                     steps: Count | None = None, model_steps: Count = 10, stop_accuracy: Fraction = 0.99,
+                     max_rounds: Count = 100, surrogate: Surrogate = "resnet18", batch_size: Count = 512,
+                     lr: Positive = 0.1) -> torch.Tensor:
     """Error-minimizing noise (Huang et al. 2021): one δ an image, or one a class when ``classwise``.
 
     ``steps`` defaults to 20 sample-wise and 1 class-wise.
     """
     steps = STEPS[classwise] if steps is None else steps
-    check_budget(name, "epsilon", epsilon, maximum=1.0)
-    check_step(name, step_size, epsilon)
-    for option, value in (("steps", steps), ("model_steps", model_steps), ("max_rounds", max_rounds),
-                          ("batch_size", batch_size)):
-        check_count(name, option, value)
-    if not 0 < stop_accuracy <= 1:
-        raise ConfigError(f"poison '{name}': stop_accuracy must be in (0, 1]; got {stop_accuracy}")
-    check_budget(name, "lr", lr)
-    check_surrogate(name, surrogate)
 
     model = build_surrogate(surrogate, images, num_classes, generator)
     # A constant rate, so the recipe's epochs only bound the steps: one step an epoch.
@@ -112,28 +105,21 @@ def error_minimizing(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
     return noisy(everything)
 
 
-POISONS.register("em")(partial(error_minimizing, name="em", classwise=False))
-POISONS.register("em-class")(partial(error_minimizing, name="em-class", classwise=True))
+# gpu: a surrogate is trained, so a paper-scale job asks for the scale's GPU (resources.poison_surrogate).
+POISONS.register("em", gpu=True)(partial(error_minimizing, name="em", classwise=False))
+POISONS.register("em-class", gpu=True)(partial(error_minimizing, name="em-class", classwise=True))
 
 
-@POISONS.register("rem")
+@POISONS.register("rem", gpu=True)
 def rem(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-        epsilon: float = 8 / 255, step_size: float = 1.6 / 255, steps: int = 10, adv_radius: float = 4 / 255,
-        adv_step_size: float = 0.8 / 255, adv_steps: int = 10, eot_samples: int = 5, train_steps: int = 5000,
-        surrogate: str = "resnet18", batch_size: int = 128, lr: float = 0.1) -> torch.Tensor:
-    """Robust error-minimizing noise against an adversarially trained surrogate (Fu et al. 2022)."""
-    check_budget("rem", "epsilon", epsilon, maximum=1.0)
-    check_step("rem", step_size, epsilon)
-    if not 0 <= adv_radius <= 1:
-        raise ConfigError(f"poison 'rem': adv_radius must be in [0, 1] (0: no adversarial training); got {adv_radius}")
-    if adv_radius > 0:
-        check_step("rem", adv_step_size, adv_radius, name="adv_step_size")
-    for option, value in (("steps", steps), ("adv_steps", adv_steps), ("eot_samples", eot_samples),
-                          ("train_steps", train_steps), ("batch_size", batch_size)):
-        check_count("rem", option, value)
-    check_budget("rem", "lr", lr)
-    check_surrogate("rem", surrogate)
+        epsilon: Fraction = 8 / 255, step_size: Step = 1.6 / 255, steps: Count = 10,
+        adv_radius: Annotated[float, Number(ge=0, le=1.0)] = 4 / 255, adv_step_size: AdvStep = 0.8 / 255,
+        adv_steps: Count = 10, eot_samples: Count = 5, train_steps: Count = 5000, surrogate: Surrogate = "resnet18",
+        batch_size: Count = 128, lr: Positive = 0.1) -> torch.Tensor:
+    """Robust error-minimizing noise against an adversarially trained surrogate (Fu et al. 2022).
 
+    ``adv_radius`` 0 trains the surrogate without adversarial examples.
+    """
     model = build_surrogate(surrogate, images, num_classes, generator)
     # The paper's ×0.1 at 40% and 80% of the steps, by the recipes' step schedule counting a step an epoch
     # (ceil: the first whole step at or past each point).

@@ -35,24 +35,23 @@ the unbalanced SVHN so that no class ran short).
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
-from poisonlab.poisons.base import POISONS, check_budget, floor_to_levels
+from poisonlab.checks import DividesImage, Number, Positive
+from poisonlab.poisons.base import POISONS, floor_to_levels
 from poisonlab.registry import ConfigError
 
 # The authors' L2 budget on CIFAR: an L∞ of 6/255 spread over 32·32·3 entries.
 CIFAR_L2 = math.sqrt(32 * 32 * 3) * 6 / 255
 CLASS_SEP = 10.0
+PatchSize = Annotated[int, Number(ge=1, integer=True), DividesImage()]
 
 
 def _check_patch(patch_size: int, shape: torch.Size, num_classes: int) -> tuple[int, int]:
+    """Rows and columns of patches; the patch size itself is checked by the registry (``PatchSize``)."""
     _, channels, height, width = shape
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ConfigError(f"poison 'lsp': patch_size must be an integer >= 1; got {patch_size!r}")
-    if height % patch_size or width % patch_size:
-        raise ConfigError(f"poison 'lsp': patch_size must divide the image size {height}x{width}; "
-                          f"got {patch_size}")
     rows, cols = height // patch_size, width // patch_size
     # make_classification puts the class centroids on distinct hypercube vertices: 2**features of them.
     if 2 ** (rows * cols * channels) < num_classes:
@@ -101,9 +100,8 @@ def lsp_perturbation(labels: torch.Tensor, shape: torch.Size, *, num_classes: in
 
 @POISONS.register("lsp")
 def lsp(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-        patch_size: int = 8, epsilon: float = CIFAR_L2) -> torch.Tensor:
+        patch_size: PatchSize = 8, epsilon: Positive = CIFAR_L2) -> torch.Tensor:
     """Add class-clustered, patch-wise constant noise of L2 norm ``epsilon`` to each image, clamp."""
-    check_budget("lsp", "epsilon", epsilon)
     delta = lsp_perturbation(labels, images.shape, num_classes=num_classes, generator=generator,
                              patch_size=patch_size, epsilon=epsilon)
     return floor_to_levels(delta.to(images.device).add_(images))  # clamped, floored as the original saves it

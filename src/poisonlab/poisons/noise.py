@@ -31,12 +31,13 @@ a class's noise does not depend on which other classes are present.
 from __future__ import annotations
 
 from functools import partial
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
-from poisonlab.poisons.base import POISONS, check_budget
-from poisonlab.registry import ConfigError
+from poisonlab.checks import DividesImage, Fraction
+from poisonlab.poisons.base import POISONS
 
 LINF_8 = 8 / 255
 
@@ -62,12 +63,9 @@ def bernoulli_noise_pattern(shape: torch.Size, *, num_classes: int, generator: t
 
 
 def regions_pattern(shape: torch.Size, *, num_classes: int, generator: torch.Generator, epsilon: float,
-                    grid: int, poison: str) -> torch.Tensor:
+                    grid: int) -> torch.Tensor:
     """(num_classes, C, H, W) noise: a grid × grid mosaic of constant ±ε colour offsets a class."""
     _, channels, height, width = shape
-    if height % grid or width % grid:
-        raise ConfigError(f"poison '{poison}': a {grid}x{grid} grid of equal regions needs an image size "
-                          f"divisible by {grid}; got {height}x{width}")
     signs = torch.randint(0, 2, (num_classes, channels, grid, grid), generator=generator,
                           device=generator.device)
     cells = (2 * signs - 1).float() * epsilon
@@ -77,28 +75,25 @@ def regions_pattern(shape: torch.Size, *, num_classes: int, generator: torch.Gen
 
 @POISONS.register("random-noise")
 def random_noise(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                 epsilon: float = LINF_8) -> torch.Tensor:
+                 epsilon: Fraction = LINF_8) -> torch.Tensor:
     """Class-wise uniform noise in the L∞ ball of radius ``epsilon`` (8/255, the papers' CIFAR budget)."""
-    check_budget("random-noise", "epsilon", epsilon, maximum=1.0)
     noise = random_noise_pattern(images.shape, num_classes=num_classes, generator=generator, epsilon=epsilon)
     return _add_classwise(images, labels, noise)
 
 
 @POISONS.register("random-noise-bernoulli")
 def random_noise_bernoulli(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
-                           generator: torch.Generator, epsilon: float = LINF_8) -> torch.Tensor:
+                           generator: torch.Generator, epsilon: Fraction = LINF_8) -> torch.Tensor:
     """Class-wise noise of 0 or +``epsilon`` a pixel and channel, a fair coin each (8/255), as learned-faster."""
-    check_budget("random-noise-bernoulli", "epsilon", epsilon, maximum=1.0)
     noise = bernoulli_noise_pattern(images.shape, num_classes=num_classes, generator=generator, epsilon=epsilon)
     return _add_classwise(images, labels, noise)
 
 
 def regions(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, generator: torch.Generator, name: str,
-            grid: int, epsilon: float = LINF_8) -> torch.Tensor:
-    """Class-wise ±``epsilon`` colour offsets on a ``grid`` × ``grid`` of regions (ε = 8/255)."""
-    check_budget(name, "epsilon", epsilon, maximum=1.0)
+            grid: Annotated[int, DividesImage()], epsilon: Fraction = LINF_8) -> torch.Tensor:
+    """Class-wise ±``epsilon`` colour offsets on a ``grid`` × ``grid`` of equal regions (ε = 8/255)."""
     noise = regions_pattern(images.shape, num_classes=num_classes, generator=generator, epsilon=epsilon,
-                            grid=grid, poison=name)
+                            grid=grid)
     return _add_classwise(images, labels, noise)
 
 

@@ -14,33 +14,23 @@ training loop's default precision (``autocast(device, "auto")``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from poisonlab.checks import Number, OneOf
 from poisonlab.models import MODELS, build_model
-from poisonlab.registry import ConfigError
 from poisonlab.training.augment import build_augmentations
 from poisonlab.training.loop import autocast, shuffled_batches, train_step
 from poisonlab.training.recipe import Recipe
 
 
-def check_count(poison: str, name: str, value: int) -> None:
-    """Step, round and sample counts are positive integers."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"poison '{poison}': {name} must be an integer >= 1; got {value!r}")
-
-
-def check_step(poison: str, step_size: float, epsilon: float, name: str = "step_size") -> None:
-    """A PGD step is positive and no larger than the radius it moves in (larger steps only hit the box)."""
-    if not 0 < step_size <= epsilon:
-        raise ConfigError(f"poison '{poison}': {name} must be > 0 and <= the radius {epsilon}; got {step_size}")
-
-
-def check_surrogate(poison: str, surrogate: str) -> None:
-    if surrogate not in MODELS:
-        raise ConfigError(f"poison '{poison}': unknown surrogate '{surrogate}'; known archs: {', '.join(MODELS)}")
+# The options every surrogate poison shares: a PGD step no larger than the radius it moves in (larger
+# steps only hit the box), and the surrogate's arch, a registered one.
+Step = Annotated[float, Number(gt=0, le="epsilon")]
+Surrogate = Annotated[str, OneOf(MODELS)]
 
 
 def draw_seed(generator: torch.Generator) -> int:

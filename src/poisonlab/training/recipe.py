@@ -11,10 +11,11 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
+from poisonlab.checks import Count, NonNegative, Number, OneOf, Positive, check_values
 from poisonlab.registry import ConfigError, Registry
 from poisonlab.training.precision import PRECISIONS
 
@@ -24,22 +25,23 @@ SCHEDULES: Registry[Callable[..., Callable[[int], float]]] = Registry("schedule"
 
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
+    # Each field's annotation says what values it takes (poisonlab.checks), checked by from_dict.
+    epochs: Count = 10
+    batch_size: Count = 128
+    optimizer: Annotated[str, OneOf(OPTIMIZERS)] = "sgd"
+    lr: Positive = 0.1
+    momentum: NonNegative = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    weight_decay: NonNegative = 5e-4
+    schedule: Annotated[str, OneOf(SCHEDULES)] = "cosine"
     milestones: tuple[int, ...] = ()  # epochs at which `step` multiplies the rate by `gamma`
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    grad_clip: float | None = None  # max global gradient norm
-    label_smoothing: float = 0.0
+    gamma: Positive = 0.1
+    warmup_epochs: NonNegative = 0.0
+    grad_clip: Positive | None = None  # max global gradient norm
+    label_smoothing: Annotated[float, Number(ge=0, lt=1)] = 0.0
     augment: dict[str, dict] = field(default_factory=dict)  # name → options, applied in order
-    eval_batch_size: int = 256  # larger batches were slower on a 2-core CPU (cache)
-    precision: str = "auto"  # one of PRECISIONS; "auto" is resolved from the hardware (training.precision)
+    eval_batch_size: Count = 256  # larger batches were slower on a 2-core CPU (cache)
+    precision: Annotated[str, OneOf(PRECISIONS)] = "auto"  # "auto" is resolved from the hardware
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, name: str = "recipe") -> Recipe:
@@ -47,6 +49,7 @@ class Recipe:
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        check_values(name, cls, values)  # before construction: a value of the wrong type never reaches it
         values = dict(values)
         values["milestones"] = tuple(values.get("milestones", ()))
         values["augment"] = {k: dict(v or {}) for k, v in (values.get("augment") or {}).items()}
@@ -55,22 +58,7 @@ class Recipe:
         return recipe
 
     def validate(self, name: str = "recipe") -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "eval_batch_size": self.eval_batch_size}
-        for key, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name}.{key} must be > 0; got {value}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ConfigError(f"{name}.weight_decay and {name}.warmup_epochs must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"{name}.label_smoothing must lie in [0, 1); got {self.label_smoothing}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"{name}.grad_clip must be > 0 or null; got {self.grad_clip}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"{name}.precision: unknown '{self.precision}'; allowed: {', '.join(PRECISIONS)}")
-        for key, registry in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-            if getattr(self, key) not in registry:
-                raise ConfigError(f"{name}.{key}: unknown '{getattr(self, key)}'; known: {', '.join(registry)}")
+        check_values(name, type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         from poisonlab.training.augment import build_augmentations
 
         build_augmentations(self.augment)  # rejects unknown augmentations and bad options now, not mid-run
