@@ -53,7 +53,8 @@ def test_bad_attribution_settings_name_the_field(attribution, message):
 
 
 def test_tiny_dag_builds_the_ssl_attribution_tables_and_figures(scratch_repo, workflow_env):
-    snakemake(scratch_repo, "--profile", "local", "ssl-attribution_tables", *TINY, env=workflow_env)
+    # ~30 jobs of a few seconds each; the timeout leaves room for a machine shared with other jobs.
+    snakemake(scratch_repo, "--profile", "local", "ssl-attribution_tables", *TINY, env=workflow_env, timeout=1800)
     setting = scratch_repo / SETTING
     targets = json.loads((setting / "targets.json").read_text())
     assert len(targets["indices"]) == 8 and targets["support"] == 1 and targets["reference_models"] == 2
