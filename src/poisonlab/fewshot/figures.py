@@ -81,7 +81,8 @@ def prototypes_figure(prototypes_npz: str | os.PathLike, *, scale: str = "") -> 
                 model_axes[0, k].set_title(f"class {classes[k]}", fontsize=8)
     runs = about.get("runs", {})
     caption = _runs_caption(runs) if runs else ""
-    style.add_caption(figure, f"{caption} · support seed {about.get('seed', '?')}" + (f" · {scale} scale" if scale else ""))
+    scale_note = f" · {scale} scale" if scale else ""
+    style.add_caption(figure, f"{caption} · support seed {about.get('seed', '?')}{scale_note}")
     return figure
 
 
@@ -135,5 +136,6 @@ def refinement_figure(refinement_json: str | os.PathLike, refinement_npz: str | 
     style.add_caption(figure, (
         f"{record['dataset']} meta-test classes {', '.join(record['classes'])}" + (f" ({scale} scale)" if scale else "")
         + f" · model {record['method']}, recipe {record['recipe']}, seed {record['training_seed']}"
-        + f" · {record['val_episodes']} validation episodes of {record['queries']} queries a class, seed {record['seed']}"))
+        + f" · {record['val_episodes']} validation episodes of {record['queries']} queries a class,"
+        + f" seed {record['seed']}"))
     return figure

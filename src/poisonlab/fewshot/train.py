@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from poisonlab.atomic import torch_save
-from poisonlab.fewshot.episodes import augment_episodes, build_episode_augmentations, check_episode_shape, sample_episodes
+from poisonlab.fewshot.episodes import (augment_episodes, build_episode_augmentations, check_episode_shape,
+                                        sample_episodes)
 from poisonlab.fewshot.evaluate import evaluate_fewshot
 from poisonlab.fewshot.methods import FewShotMethod
 from poisonlab.fewshot.models import ProtoNet
@@ -172,7 +173,8 @@ def fit_episodes(model: ProtoNet, method: FewShotMethod, pools: dict[str, ClassP
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         row["seconds"] = time.perf_counter() - epoch_started
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", **({"val": f"{row['val_acc']:.1f}"} if "val_acc" in row else {}))
+        shown = {"loss": f"{row['train_loss']:.3f}", **({"val": f"{row['val_acc']:.1f}"} if "val_acc" in row else {})}
+        bar.set_postfix(shown)
         logger.info("epoch %d/%d: %s", epoch, recipe.epochs,
                     ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
         if checkpoint_path is not None:
