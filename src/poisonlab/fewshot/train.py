@@ -4,7 +4,7 @@ The repository's recipe (``train_autoprotonet.py``, ``scripts/workshop_paper_scr
 20-way 5-shot 15-query training episodes, 8 a step, 1,000 steps an epoch, 30 epochs; SGD lr 0.1, momentum 0.9,
 Nesterov, weight decay 5e-4 (the head's scale included); the rate ×0.06 from epoch 20 on (its ``LambdaLR`` is
 stepped before each epoch, so epochs 1–19 run at 0.1); validation on 2,000 5-way 5-shot 15-query episodes
-of the meta-val classes after every epoch, keeping the best. The optimizer and schedule are the project's
+of the meta-val classes after every epoch, keeping the best (here the same seeded episodes every epoch). The optimizer and schedule are the project's
 (``training.recipe``'s registries): ``schedule: step``, ``milestones: [19]`` (0-based epochs), ``gamma: 0.06``.
 
 The loop follows ``training.loop.fit``: one ``torch.Generator`` drives every episode and augmentation, and
