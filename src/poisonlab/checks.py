@@ -171,9 +171,9 @@ def check_values(where: str, entry: Callable[..., Any], options: Mapping[str, An
                 raise option_error(where, option, constraint.describe(resolved, context or {}), value)
 
 
-def check_value(where: str, option: str, value: Any, allowed: Any, options: Mapping[str, Any] | None = None) -> None:
-    """Check one value against an annotation (``Fraction``, ``Annotated[int, Number(...)]``) where it depends on
-    another option in a way annotations cannot say (an L∞ radius is at most 1, an L2 one is not)."""
+def check_value(where: str, option: str, value: Any, allowed: Any) -> None:
+    """Check one value against an annotation (``Fraction``, ``Annotated[int, Number(...)]``) chosen by something
+    the entry's options do not hold (an adversarial-training factory's norm, fixed when it was registered)."""
     for constraint in _constraints_of(allowed):
-        if not constraint.allows(value, options or {}, {}):
-            raise option_error(where, option, constraint.describe(options or {}, {}), value)
+        if not constraint.allows(value, {}, {}):
+            raise option_error(where, option, constraint.describe({}, {}), value)

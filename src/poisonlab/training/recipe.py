@@ -49,7 +49,6 @@ class Recipe:
         unknown = sorted(set(values) - set(allowed))
         if unknown:
             raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-        check_values(name, cls, values)  # before construction: a value of the wrong type never reaches it
         values = dict(values)
         values["milestones"] = tuple(values.get("milestones", ()))
         values["augment"] = {k: dict(v or {}) for k, v in (values.get("augment") or {}).items()}
