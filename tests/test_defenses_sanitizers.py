@@ -10,7 +10,7 @@ from conftest import quick_test_accuracy
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from poisonlab.data.container import ImageDataset
-from poisonlab.defenses import Sanitizer, apply_sanitizer, build_defense
+from poisonlab.defenses import DEFENSES, Sanitizer, apply_sanitizer, build_defense, is_sanitizer
 from poisonlab.defenses.projection import class_basis, fit_linear
 from poisonlab.registry import ConfigError
 
@@ -243,3 +243,12 @@ def test_ortho_recovers_lsp_at_epsilon_3_without_augmentation(poisoned_cifar, cl
     sanitized = quick_test_accuracy(apply_sanitizer("ortho", poisoned, seed=0, options=ORTHO_AT_THIS_SCALE),
                                     augment=False)
     assert recovered(sanitized, poisoned_accuracy, clean_accuracy_without_augmentation), (sanitized, poisoned_accuracy)
+
+
+def test_a_defense_level_on_its_registration_is_what_its_factory_builds():
+    # The DAG asks for a sanitized container by the registered level, without building the defense.
+    names = [f"{name}-10" if DEFENSES.facts(name)["numbered"] else name for name in DEFENSES.names()]
+    assert {name for name in names if is_sanitizer(name)} == {"bdr", "blur", "grayscale", "jpeg-10", "ortho"}
+    for name in names:
+        assert isinstance(build_defense(name), Sanitizer) == is_sanitizer(name), name
+    assert "jpeg-75" in DEFENSES and "jpeg" not in DEFENSES and "at-linf-0" not in DEFENSES

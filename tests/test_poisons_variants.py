@@ -33,3 +33,11 @@ def test_a_variant_is_its_family_with_keywords_fixed(name, family, fixed):
         with pytest.raises(ConfigError, match=f"'{name}' got unknown option.*{keyword}"):
             apply_poison(name, dataset, seed=0, params={keyword: fixed[keyword]})
 
+
+
+def test_the_poisons_registered_as_needing_a_gpu_are_those_that_train_a_surrogate():
+    # The DAG gives a poison the scale's GPU resources by this fact (rules/common.smk poison_resources).
+    needs_gpu = {name for name in POISONS.names() if POISONS.facts(name)["gpu"]}
+    assert needs_gpu == {name for name in POISONS.names() if "surrogate" in POISONS.options(name)}
+    assert needs_gpu == {"em", "em-class", "rem", "tap", "tap-untargeted"}
+    assert "num_classes" not in POISONS.options("cuda")  # given by apply_poison, not an option

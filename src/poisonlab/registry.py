@@ -78,8 +78,8 @@ class Registry(Generic[T]):
         return functools.partial(entry, **from_name) if from_name else entry  # type: ignore[return-value]
 
     def facts(self, name: str) -> dict[str, Any]:
-        """The facts given at ``name``'s registration, defaults filled in."""
-        return dict(self._facts[self.resolve(name)[0]])
+        """The facts given at ``name``'s registration (a numbered family's or one of its names'), defaults filled in."""
+        return dict(self._facts[name if name in self._facts else self.resolve(name)[0]])
 
     def options(self, name: str) -> list[str]:
         """The keyword options entry ``name`` takes."""
