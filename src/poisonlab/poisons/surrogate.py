@@ -7,8 +7,10 @@ by the training code's step (``training.loop.train_step``) with an optimizer
 and schedule from a ``Recipe``. Everything here draws its randomness from
 the poison's ``torch.Generator``: the model's initial weights (seeded from it
 inside ``fork_rng``, so the global RNG is neither used nor disturbed), batch
-orders, augmentations and random starts. The forward passes run at the
-training loop's default precision (``autocast(device, "auto")``).
+orders, augmentations and random starts. The forward passes run in bf16 on
+CUDA and in fp32 on every CPU (``SURROGATE_PRECISION``): a poisoned container
+is data every later run reads, so on the CPU it must not depend on whether the
+CPU that made it had bf16 units (``precision: auto`` would pick bf16 there).
 """
 
 from __future__ import annotations
@@ -84,8 +86,12 @@ class SurrogateTrainer:
         train_step(loss, self.optimizer, self.scheduler, self.recipe.grad_clip)
 
 
+# Precision of the surrogate's forward passes by device type (see the module docstring).
+SURROGATE_PRECISION = {"cuda": "bf16", "cpu": "fp32"}
+
+
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with autocast(x.device, "auto"):  # the training loop's default precision
+    with autocast(x.device, SURROGATE_PRECISION.get(x.device.type, "fp32")):
         return model(x).float()
 
 
