@@ -34,7 +34,8 @@ def test_tiny_dag_builds_the_robust_seg_tables_and_figures_then_does_nothing(scr
     spec = yaml.safe_load(spec_path.read_text())
     spec["recipes"]["seg-tinyunet"].update(epochs=1, batch_size=16)
     spec_path.write_text(yaml.safe_dump(spec))
-    snakemake(scratch_repo, "--profile", "local", "robust-seg_tables", *TINY, env=workflow_env)
+    # 22 jobs, each starting Python and torch: ~2 CPU minutes, longer on a shared, loaded machine.
+    snakemake(scratch_repo, "--profile", "local", "robust-seg_tables", *TINY, env=workflow_env, timeout=1800)
 
     tables = scratch_repo / "paper/robust-seg/tables"
     robustness = pl.read_csv(tables / "robustness.csv")
