@@ -22,6 +22,7 @@ include: "rules/evaluate.smk"
 include: "rules/attribution.smk"
 include: "rules/editing.smk"
 include: "rules/segmentation.smk"
+include: "rules/fewshot.smk"
 include: "rules/tables.smk"
 include: "rules/figures.smk"
 

@@ -242,8 +242,8 @@ def test_refinement_replaces_only_the_target_prototype(small):
     record, arrays = refinement_case_study(model, pool, val_episodes=20, seed=3)
     assert record == refinement_case_study(model, pool, val_episodes=20, seed=3)[0]  # seeded
     target = record["classes"].index(record["target_class"])
-    assert [row["i"] for row in record["per_i"]] == list(range(11))
-    assert record["before"] == record["per_i"][0] and record["after"] == record["per_i"][7]
+    assert [row["i"] for row in record["per_i"].values()] == list(range(11)) and list(record["per_i"])[7] == "7"
+    assert record["before"] == record["per_i"]["0"] and record["after"] == record["per_i"]["7"]
     others = [k for k in range(5) if k != target]
     assert np.allclose(arrays["decoded_before"][others], arrays["decoded_after"][others], atol=1e-6)
     assert not np.allclose(arrays["decoded_before"][target], arrays["decoded_after"][target])
@@ -306,8 +306,9 @@ def test_a_killed_run_resumes_to_the_same_model(small_container, mlflow_uri, tmp
 
     evaluation = evaluate_fewshot_run(run_dir, small_container, tmp_path / "eval.json", episodes=20, query=5,
                                       device="cpu")
-    assert [r["shot"] for r in evaluation["results"]] == [1, 5] and all(r["episodes"] == 20
-                                                                         for r in evaluation["results"])
+    assert [r["shot"] for r in evaluation["results"].values()] == [1, 5] and all(
+        r["episodes"] == 20 for r in evaluation["results"].values())
+    assert list(evaluation["results"]) == ["1-shot", "5-shot"]
     refinement = refinement_run(run_dir, small_container, tmp_path / "refinement.json", tmp_path / "refinement.npz",
                                 device="cpu", val_episodes=10, queries=5)
     assert refinement["method"] == "autoprotonet" and len(refinement["per_i"]) == 11

@@ -80,6 +80,13 @@ class Paths:
         """One segmentation run: model.pt, metrics.json, robustness.{json,npz}, {inpaint,generate}.{json,npz}."""
         return f"{self.results}/segmentation/{dataset}/{arch}/{procedure}/{recipe}/seed{seed}"
 
+    # autoprotonet (few-shot): one episodic run and its evaluations.
+    def fewshot_dir(self, dataset: str = "{fsdata}", method: str = "{fsmethod}", recipe: str = "{fsrecipe}",
+                    seed: int | str = "{seed}") -> str:
+        """One few-shot run: model.pt, metrics.json, evaluation.json; the AP run also holds refinement.{json,npz}
+        and prototypes.{json,npz} (the decoded prototypes of IA, IAP and itself)."""
+        return f"{self.results}/fewshot/{dataset}/{method}/{recipe}/seed{seed}"
+
     @staticmethod
     def table(slug: str = "{slug}", table: str = "{table}") -> str:
         """A grid's table, without extension (.csv, .md, .tex): config/papers/<slug>.yaml's ``table``."""

@@ -185,4 +185,5 @@ RECORDS.register("run")(RecordType(
 # Imported last, for their RECORDS.register side effects (they import this module's RECORDS and RecordType).
 import poisonlab.attribution.records  # noqa: E402,F401
 import poisonlab.editing.records  # noqa: E402,F401
+import poisonlab.fewshot.records  # noqa: E402,F401
 import poisonlab.segmentation.records  # noqa: E402,F401

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import seaborn as sns
@@ -22,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from poisonlab.reporting import style
+from poisonlab.reporting.figures import FIGURES
 
 CELL = 0.9  # inches a thumbnail
 FRAME = 2.5  # line width of a highlighted thumbnail's frame
@@ -116,7 +119,7 @@ def refinement_figure(refinement_json: str | os.PathLike, refinement_npz: str | 
         strip[i].set_title(f"{i}", fontsize=8)
 
     ax = bottom.subplots()
-    curve = record["per_i"]
+    curve = list(record["per_i"].values())
     i_values = np.array([row["i"] for row in curve])
     accuracy = np.array([row["acc"] for row in curve])
     ci95 = np.array([row["ci95"] for row in curve])
@@ -139,3 +142,23 @@ def refinement_figure(refinement_json: str | os.PathLike, refinement_npz: str | 
         + f" · {record['val_episodes']} validation episodes of {record['queries']} queries a class,"
         + f" seed {record['seed']}"))
     return figure
+
+
+# ---------------------------------------------------------------- the DAG's figures (config/papers/autoprotonet.yaml)
+# The grid's figure rule hands the AutoProtoNet run's record (``runs``: label → its json, one a seed); the first
+# seed's arrays lie beside it (``<file>.npz``, the same job's).
+
+
+def _first(runs: Mapping[str, Sequence[str]]) -> Path:
+    return Path(next(iter(runs.values()))[0])
+
+
+@FIGURES.register("fewshot-prototypes")
+def dag_prototypes(*, runs: Mapping[str, Sequence[str]], scale: str) -> Figure:
+    return prototypes_figure(_first(runs).with_suffix(".npz"), scale=scale)
+
+
+@FIGURES.register("fewshot-refinement")
+def dag_refinement(*, runs: Mapping[str, Sequence[str]], scale: str) -> Figure:
+    record = _first(runs)
+    return refinement_figure(record, record.with_suffix(".npz"), scale=scale)

@@ -156,7 +156,8 @@ def refinement_case_study(model: ProtoNet, pool: ClassPool, *, way: int = 5, cho
         "way": way, "shot": 1, "queries": queries, "val_episodes": val_episodes, "seed": seed,
         "classes": names, "target_class": names[target], "chosen_i": chosen_i,
         "support_index": supports, "example_index": example, "steps": INTERPOLATION_STEPS,
-        "before": curve[0], "after": curve[chosen_i], "per_i": curve,
+        # per_i keyed by i, so a table's metric can name one: "per_i.7.acc".
+        "before": curve[0], "after": curve[chosen_i], "per_i": {str(row["i"]): row for row in curve},
         "best_i": int(np.argmax([row["acc"] for row in curve])),  # for auditing only; not the chosen one
     }
     refined = candidates_sets[chosen_i]

@@ -172,6 +172,7 @@ def evaluate_fewshot_run(run_dir: str | os.PathLike, data_path: str | os.PathLik
     results = [evaluate_fewshot(model, pools["test"], way=way, shot=shot, query=query, episodes=episodes, seed=seed,
                                 precision=record["precision"], embeddings=embeddings) for shot in shots]
     summary = {key: record[key] for key in ("dataset", "method", "arch", "recipe", "seed", "split")}
-    output = {**summary, "run_dir": str(run_dir), "results": results}
+    # Keyed by shot, so a table's metric can name one: "results.1-shot.acc".
+    output = {**summary, "run_dir": str(run_dir), "results": {f"{r['shot']}-shot": r for r in results}}
     write_json(out_path, output)
     return output

@@ -374,4 +374,5 @@ def perturbations_per_class(*, clean: str | os.PathLike, poisoned: str | os.Path
 # Imported last, for their @FIGURES.register side effects (they import this module's FIGURES).
 import poisonlab.attribution.figures  # noqa: E402,F401
 import poisonlab.editing.figures  # noqa: E402,F401
+import poisonlab.fewshot.figures  # noqa: E402,F401
 import poisonlab.segmentation.figures  # noqa: E402,F401

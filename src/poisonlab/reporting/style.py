@@ -90,6 +90,9 @@ STYLES: dict[str, dict[str, Style]] = {
         "ssl-esvm": (BLUE, "o"), "ssl-knn": (CYAN, "s"), "pixel-knn": (PURPLE, "^"), "trak": (ORANGE, "D"),
         "datamodels": (RED, "v"), "random": (GRAY, "X"),
         "standard": (BLACK, "P"), "sat": (GREEN, "h"), "advprop": (BROWN, "p"),  # robust-seg's training procedures
+        # autoprotonet's few-shot methods (ProtoNet, AP, IA, IAP)
+        "protonet": (OLIVE, "o"), "autoprotonet": (PINK, "s"), "ae-pretrain": (GRAY, "^"),
+        "autoprotonet-ft": (ORANGE, "h"),
     }),
 }
 
