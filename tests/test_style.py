@@ -6,13 +6,14 @@ import pytest
 
 from poisonlab.attribution import ATTRIBUTORS
 from poisonlab.defenses import DEFENSES
+from poisonlab.fewshot import METHODS as FEWSHOT_METHODS
 from poisonlab.models import MODELS
 from poisonlab.poisons import POISONS
 from poisonlab.reporting import style
 
 
 @pytest.mark.parametrize("kind,registry", [("poison", POISONS), ("defense", DEFENSES), ("arch", MODELS),
-                                           ("method", ATTRIBUTORS)])
+                                           ("method", ATTRIBUTORS), ("method", FEWSHOT_METHODS)])
 def test_every_registered_name_has_its_own_colour_and_marker(kind, registry):
     # A new poison (defense, model) gets an entry in style.STYLES with its registration, or this fails.
     assert set(registry.names()) <= set(style.STYLES[kind])
