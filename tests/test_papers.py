@@ -22,7 +22,7 @@ from poisonlab.reporting.figures import FIGURES
 
 PAPERS_DIR = ROOT / "config" / "papers"
 SLUGS = ["ar-poisoning", "learned-faster", "learn-from-unlearnable", "cuda-sharpening", "pst", "ssl-attribution",
-         "jpeg-photoguard"]
+         "jpeg-photoguard", "robust-seg"]
 
 
 def resolved(scale: str, **overrides) -> tuple[dict, dict]:
