@@ -1,4 +1,4 @@
-"""Snakemake adapter: a segmentation dataset (mnist5k-seg's canvases, or a user's VOC / Cityscapes) → its container."""
+"""Snakemake adapter: a segmentation dataset (mnist5k-seg's canvases, a user's VOC / Cityscapes) → its container."""
 
 from poisonlab.job import start_job
 

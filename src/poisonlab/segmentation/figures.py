@@ -162,6 +162,7 @@ def dag_inpainting_examples(*, runs: Mapping[str, list[str]], scale: str, count:
 @FIGURES.register("seg-generation-examples")
 def dag_generation_examples(*, runs: Mapping[str, list[str]], scale: str, count: int = 4) -> Figure:
     record = _record(runs)
-    caption = f"{scale} scale · from noise, {record['optimizer']}, {record['steps']} steps, target {record['target']}"
+    caption = (f"{scale} scale · from noise, {record['optimizer']}, {record['steps']} steps, "
+               f"target {record['target']}")
     return generation_examples(arrays=_arrays(runs), num_classes=_record(runs, "metrics")["num_classes"],
                                caption=caption, count=count)

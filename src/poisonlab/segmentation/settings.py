@@ -54,7 +54,8 @@ class SegSettings:
             SEG_ATTACKS.get(attack.get("attack", ""))
         unknown = sorted(set(self.synthesis) - set(TASKS))
         if unknown:
-            raise ConfigError(f"segmentation: synthesis: unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+            raise ConfigError(f"segmentation: synthesis: unknown task(s) {', '.join(unknown)}; "
+                              f"tasks: {', '.join(TASKS)}")
 
     def dataset_options(self, dataset: str) -> dict[str, Any]:
         if dataset not in self.datasets:
