@@ -147,7 +147,8 @@ def _record(runs: Mapping[str, list[str]], file: str = "") -> dict:
 def dag_segmentation_examples(*, runs: Mapping[str, list[str]], scale: str, attack: str = "bim-4",
                               count: int = 3) -> Figure:
     record = _record(runs)
-    caption = f"{scale} scale · L∞ ε {record['epsilon']:g}, α {record['step_size']:g} · {record['count']} test images"
+    caption = (f"{scale} scale · L∞ ε {record['epsilon']:g}, α {record['step_size']:g} · "
+               f"{record['count']} test images")
     return segmentation_examples(examples=_arrays(runs), num_classes=_record(runs, "metrics")["num_classes"],
                                  caption=caption, attack=attack, count=count)
 
