@@ -58,7 +58,8 @@ def test_every_paper_resolves_at_every_scale_without_dropping_rows(scale):
             for cell in table.cells:
                 assert cell.run.recipe == settings["recipe"] and cell.run.seeds == tuple(settings["seeds"])
                 fields = dict(cell.run.fields)  # a few-shot record has no arch
-                assert fields["dataset"] in settings["datasets"] and fields.get("arch", settings["archs"][0]) in settings["archs"]
+                assert fields["dataset"] in settings["datasets"]
+                assert fields.get("arch", settings["archs"][0]) in settings["archs"]
 
 
 def test_stand_ins_collapse_datasets_and_archs_the_scale_does_not_run():
@@ -189,7 +190,8 @@ def test_a_paper_registers_a_record_type_of_its_own_with_its_path_and_axes(monke
 
 
 def test_unknown_papers_and_clashing_recipes_are_rejected():
-    with pytest.raises(ConfigError, match="papers: unknown paper 'nope'; known papers: ar-poisoning, autoprotonet, cuda-sharpening"):
+    with pytest.raises(ConfigError,
+                       match="papers: unknown paper 'nope'; known papers: ar-poisoning, autoprotonet, cuda-sharpening"):
         load_papers(PAPERS_DIR, ["nope"])
     config, _ = resolved("embedded", papers=[])
     with pytest.raises(ConfigError, match="papers/mine: recipe 'embedded' is already defined differently"):

@@ -1,4 +1,5 @@
-"""Snakemake adapter: train one few-shot method (its own MLflow run; IAP from IA's weights) → model.pt, metrics.json."""
+"""Snakemake adapter: train one few-shot method (its own MLflow run; IAP from IA's weights) → model.pt,
+metrics.json."""
 
 from pathlib import Path
 
