@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: main test bench
+.PHONY: main test test-fast bench
 main: $(VENV)/.installed
 	$(BIN)/snakemake --profile local all_tables
 
@@ -15,6 +15,10 @@ main: $(VENV)/.installed
 # status polling) while the others compute, so two halve the wall time on a 2-core machine.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+
+# The unit tests alone (no Snakemake, Slurm or DVC subprocess, nothing marked slow): the inner loop.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not workflow and not slow" -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/trainer_throughput.py

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import quadrant_dataset
+from helpers import quadrant_dataset
 
 from poisonlab.attribution import ATTRIBUTORS, FEATURES, SSL_METHODS, AttributionInputs, attribute
 from poisonlab.attribution.datamodels import fit_datamodels

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import ROOT, snakemake
+from helpers import ROOT, snakemake
 from poisonlab.attribution.dag import AttributionSettings, attributor_inputs, reference_models, subset_shards
 from poisonlab.config import load_scaled
 from poisonlab.paths import Paths

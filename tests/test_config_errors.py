@@ -13,7 +13,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import ROOT, snakemake
+from helpers import ROOT, snakemake
 from poisonlab.config import load_scaled, merge, resolve, typed
 from poisonlab.registry import ConfigError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import quick_test_accuracy
+from helpers import quick_test_accuracy
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from poisonlab.data.container import ImageDataset

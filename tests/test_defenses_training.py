@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from conftest import quadrant_dataset, quick_test_accuracy
+from helpers import quadrant_dataset, quick_test_accuracy
 
 from poisonlab.data.container import ImageDataset
 from poisonlab.defenses import DEFENSES, EpochContext, build_defense
@@ -283,14 +283,16 @@ def test_a_killed_pst_run_resumes_to_the_same_weights_and_stages(tmp_path):
 # ---------------------------------------------------------------- natural images
 
 # Measured (smallcnn, 8 epochs, crop + flip, seed 0 unless noted; pst.py's docstring has the full table):
-# undefended AR 34.4% (clean 48.7%); PST on AR 44.3, 43.1, 47.1 with seeds 0, 1, 2, where the same runs
-# without PST's stages reach 24.5, 30.6, 25.9. PST lifts OPS in 2 seeds of 3, barely CUDA (36.0 vs 32.8) or
-# regions-4 (40.2 vs 39.0), and costs clean training 3-4.5 points; AR is the case asserted.
+# with the crop padded by reflection, undefended AR 34.4% (clean 48.7%) and PST on AR 44.3, 43.1, 47.1 with
+# seeds 0, 1, 2, where the same runs without PST's stages reach 24.5, 30.6, 25.9. With the originals' zero
+# fill (the crop's default now): undefended AR 32.7% (clean 46.4%), PST on AR 38.1% (fp32) and 38.5% (bf16).
+# PST lifts OPS in 2 seeds of 3, barely CUDA (36.0 vs 32.8) or regions-4 (40.2 vs 39.0), and costs clean
+# training 3-4.5 points (reflect crop); AR is the case asserted.
 # One at-linf-8 epoch costs ~8x an undefended one (11.5 s vs 1.4 s here), so adversarial training gets no
 # natural-image test.
-PST_ON_AR_AT_LEAST = 40.0
+PST_ON_AR_AT_LEAST = 36.0
 
 
 def test_pst_recovers_much_of_what_ar_took(poisoned_cifar):
     accuracy = quick_test_accuracy(poisoned_cifar("ar"), defense=build_defense("pst"))
-    assert accuracy > PST_ON_AR_AT_LEAST, f"pst on ar: {accuracy:.1f}% (undefended 34.4%, clean 48.7%)"
+    assert accuracy > PST_ON_AR_AT_LEAST, f"pst on ar: {accuracy:.1f}% (undefended 32.7%, clean 46.4%)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import quick_test_accuracy
+from helpers import quick_test_accuracy
 
 from poisonlab.defenses import DEFENSES, TrainingDefense, build_defense
 from poisonlab.defenses.augmentations import augmented_copies, ueraser_policy

@@ -8,7 +8,7 @@ import re
 import polars as pl
 import pytest
 
-from conftest import snakemake
+from helpers import snakemake
 from poisonlab.reporting import Cell, build_table
 
 TINY = ["--configfile", "tests/fixtures/editing-tiny.yaml"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import quick_recipe
+from helpers import quick_recipe
 from poisonlab.data.container import ImageDataset
 from poisonlab.evaluation import EVALUATIONS, IDENTITY_KEYS, evaluate_run
 from poisonlab.evaluation.dfr import retrain_head
@@ -242,7 +242,7 @@ def test_dfr_lbfgs_fits_the_head_as_the_original_loop_and_moves_the_running_stat
 
 # ---------------------------------------------------------------- dfr on natural images
 
-# conftest's quick_test_accuracy recipe: the one its measured accuracies (clean 48.7%, ar 34.4%) were taken with.
+# helpers.quick_test_accuracy's recipe: the one its measured accuracies (clean 48.7%, ar 34.4%) were taken with.
 QUICK = quick_recipe()
 
 

@@ -7,7 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from conftest import snakemake
+from helpers import snakemake
 from poisonlab.fewshot.settings import FewShotSettings
 from poisonlab.registry import ConfigError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import ROOT, snakemake
+from helpers import ROOT, snakemake
 from poisonlab.config import check_config, load_scaled, merge, typed
 from poisonlab.papers import (
     add_paper_recipes, check_papers, load_grids, load_papers, load_reported, paper_figures, paper_tables,
@@ -70,10 +70,10 @@ def test_stand_ins_collapse_datasets_and_archs_the_scale_does_not_run():
     def table(config, name):
         return next(t for t in paper_tables("ar-poisoning", ar, config) if t.name == name)
 
-    # CIFAR-10/100 and SVHN at the paper scale; at the embedded scale one column, CIFAR-10's, on MNIST-5k.
+    # CIFAR-10/100, SVHN and STL-10 at the paper scale; at the embedded scale one column, CIFAR-10's, on MNIST-5k.
     wide = table(paper_scale, "datasets")
-    assert [c.column for c in wide.cells if c.row == "Clean"] == ["CIFAR-10", "CIFAR-100", "SVHN"]
-    assert [c.run.dataset for c in wide.cells if c.row == "Clean"] == ["cifar10", "cifar100", "svhn"]
+    assert [c.column for c in wide.cells if c.row == "Clean"] == ["CIFAR-10", "CIFAR-100", "SVHN", "STL-10"]
+    assert [c.run.dataset for c in wide.cells if c.row == "Clean"] == ["cifar10", "cifar100", "svhn", "stl10"]
     narrow = table(embedded, "datasets")
     assert [(c.column, c.run.dataset) for c in narrow.cells if c.row == "Clean"] == [("CIFAR-10", "mnist5k")]
     assert [c.run.arch for c in table(paper_scale, "architectures").cells if c.row == "AR (ours)"] == [

@@ -244,7 +244,7 @@ def test_poison_is_a_linear_shortcut_on_natural_images(name, cifar_subset, clean
 
 
 def train_without_augmentation(dataset: ImageDataset, epochs: int = 8) -> float:
-    """smallcnn as in conftest's quick_test_accuracy, but without crop and flip; clean-test accuracy in %."""
+    """smallcnn as in helpers.quick_test_accuracy, but without crop and flip; clean-test accuracy in %."""
     torch.manual_seed(0)
     height, _, channels = dataset.image_shape
     model = build_model("smallcnn", num_classes=dataset.num_classes, in_channels=channels, image_size=height)

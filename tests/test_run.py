@@ -133,3 +133,27 @@ def test_a_pipeline_job_logs_everything_to_its_log_before_it_exits(tmp_path, app
     lines = log.read_text().splitlines()
     assert lines[-2:] == ["INFO:job:epoch 1 done", "last line"]
     assert (lines[0] == "from the killed run") == append
+
+
+def test_a_run_killed_between_its_checkpoint_and_its_mlflow_log_keeps_every_epoch(mnist5k_container, mlflow_uri,
+                                                                                   tmp_path, monkeypatch):
+    import mlflow
+
+    recipe = dataclasses.replace(get_recipe(load_config(ROOT / "config" / "config.yaml"), "embedded"), epochs=3)
+    spec = RunSpec(dataset="mnist5k", arch="smallcnn", recipe="embedded", seed=0)
+
+    def killed_before_logging_epoch_2(*args, on_epoch, **kwargs):
+        def kill_at_2_else_log(row):
+            if row["epoch"] == 2:  # its checkpoint is written, its MLflow log never happens
+                raise _Killed
+            on_epoch(row)
+        return fit(*args, on_epoch=kill_at_2_else_log, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "fit", killed_before_logging_epoch_2)
+        with pytest.raises(_Killed):
+            train_run(spec, recipe, mnist5k_container, tmp_path / "run", device="cpu", progress=False)
+    record = train_run(spec, recipe, mnist5k_container, tmp_path / "run", device="cpu", progress=False)
+    history = mlflow.MlflowClient(mlflow_uri).get_metric_history(record["mlflow_run_id"], "test_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert {m.step: m.value for m in history} == {row["epoch"]: row["test_acc"] for row in record["history"]}

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import snakemake
+from helpers import snakemake
 from poisonlab.registry import ConfigError
 from poisonlab.segmentation.settings import SegSettings
 

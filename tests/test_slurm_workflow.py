@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import snakemake
+from helpers import snakemake
 from slurm.cluster import SlurmUnavailable, local_slurm_cluster
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, snakemake
+from helpers import ROOT, snakemake
 
 EXPECTED = ROOT / "tests" / "fixtures" / "baselines-tables"
 TABLES = ["baselines", "poisons", "defenses", "defenses-peak", "evaluations"]

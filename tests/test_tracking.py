@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import quadrant_dataset, snakemake
+from helpers import quadrant_dataset, snakemake
 from poisonlab import tracking
 
 # A training job: the toy cell's run, SIGKILLed by itself right after epoch ``kill_after`` is checkpointed and logged

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import quadrant_dataset
+from helpers import quadrant_dataset
 from poisonlab.registry import ConfigError
 from poisonlab.training import AUGMENTATIONS, DeviceData, Recipe, build_augmentations, fit
 from poisonlab.training import precision as precision_module

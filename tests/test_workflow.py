@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, snakemake
+from helpers import BIN, ROOT, snakemake
 from poisonlab.config import check_config, load_config, load_scaled, schema, validate_config
 from poisonlab.data import DATASETS
 from poisonlab.evaluation import EVALUATIONS
@@ -74,6 +74,7 @@ def test_bad_config_stops_before_any_job(scratch_repo, workflow_env, override, m
 
 def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workflow_env):
     from poisonlab.attribution.dag import AttributionSettings
+    from poisonlab.segmentation.settings import SegSettings
     from poisonlab.papers import add_paper_recipes, load_grids, paper_figures, paper_tables
 
     embedded = snakemake(scratch_repo, "--profile", "slurm", "all_tables", "-n", env=workflow_env)
@@ -95,6 +96,9 @@ def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workfl
     attribution = papers["ssl-attribution"]["scales"]["paper"]
     references = [("cifar10", "clean", "none", attribution["archs"][0], attribution["recipe"], str(seed))
                   for seed in range(AttributionSettings.from_config(config).references)]
+    # robust-seg's judge of synthesised digits: a clean classifier run of the scale's recipe.
+    judge = SegSettings.from_config(config).classifier
+    references.append((judge["dataset"], "clean", "none", judge["arch"], config["recipe"], str(judge["seed"])))
     listed = [re.search(r"wildcards: dataset=(\S+), poison=(\S+), defense=(\S+), arch=(\S+), recipe=(\S+), "
                         r"seed=(\d+)", job).groups() for job in train_jobs]
     assert sorted(listed) == sorted([*references, *((*run, str(seed)) for run in wanted for seed in config["seeds"])])

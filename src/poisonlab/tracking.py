@@ -108,6 +108,19 @@ class MlflowRun:
 
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
+    def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
+        """Log the rows of a resumed checkpoint's history this run lacks.
+
+        A job killed after writing its checkpoint and before logging that epoch would otherwise leave
+        the epoch out of MLflow for good, since the resumed run starts at the next one.
+        """
+        import mlflow
+
+        logged = {m.step for m in mlflow.MlflowClient(tracking_uri()).get_metric_history(self.run_id, "test_acc")}
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                self.log_epoch(row)
+
     def log_summary(self, metrics: dict[str, float]) -> None:
         import mlflow
 

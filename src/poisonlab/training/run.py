@@ -71,7 +71,8 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     # The resolved precision too: a run killed on a bf16 machine is not resumed in fp32 on another.
     fingerprint = {**dataclasses.asdict(spec), "recipe_config": recipe.to_dict(), "data_sha256": data_sha256,
                    "defense_options": defense_options, "precision": precision}
-    if load_checkpoint(checkpoint_path, fingerprint) is None:
+    checkpoint = load_checkpoint(checkpoint_path, fingerprint)
+    if checkpoint is None:
         # A fresh start (or a stale attempt's checkpoint, deleted): no epoch or MLflow run of it is reused.
         run_id_path.unlink(missing_ok=True)
         shutil.rmtree(weights_dir, ignore_errors=True)
@@ -83,6 +84,8 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     with tracking.mlflow_run(experiment=tracking.experiment_name(spec.dataset), run_name=spec.name, params=params,
                              tags=tags, run_id=resume_id) as mlflow_run:
         run_id_path.write_text(mlflow_run.run_id)
+        if checkpoint is not None:
+            mlflow_run.log_missing_epochs(checkpoint["history"])
         result = fit(model, data, recipe, seed=spec.seed, checkpoint_path=checkpoint_path,
                      fingerprint=fingerprint, on_epoch=mlflow_run.log_epoch, progress=progress, defense=defense,
                      weights_dir=weights_dir, keep_weights_every=keep_weights_every)
