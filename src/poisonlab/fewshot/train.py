@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from poisonlab.atomic import torch_save
 from poisonlab.fewshot.episodes import (augment_episodes, build_episode_augmentations, check_episode_shape,
                                         sample_episodes)
 from poisonlab.fewshot.evaluate import evaluate_fewshot
@@ -34,7 +33,8 @@ from poisonlab.fewshot.methods import FewShotMethod
 from poisonlab.fewshot.models import ProtoNet
 from poisonlab.fewshot.splits import ClassPool
 from poisonlab.registry import ConfigError
-from poisonlab.training.loop import autocast, load_checkpoint, train_step
+from poisonlab.training.loop import (autocast, load_checkpoint, restore_training_state, save_training_state,
+                                     train_step)
 from poisonlab.training.precision import resolve_precision
 from poisonlab.training.recipe import Recipe
 
@@ -130,10 +130,7 @@ def fit_episodes(model: ProtoNet, method: FewShotMethod, pools: dict[str, ClassP
 
     checkpoint = load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        generator.set_state(checkpoint["generator"])
+        restore_training_state(checkpoint, model, optimizer, scheduler, generator)
         history, best, resumed_seconds = checkpoint["history"], checkpoint["best"], checkpoint["wall_seconds"]
         logger.info("resuming from %s after epoch %d", checkpoint_path, len(history))
 
@@ -178,16 +175,9 @@ def fit_episodes(model: ProtoNet, method: FewShotMethod, pools: dict[str, ClassP
         logger.info("epoch %d/%d: %s", epoch, recipe.epochs,
                     ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
         if checkpoint_path is not None:
-            torch_save({
-                "fingerprint": fingerprint or {},
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "history": history,
-                "best": best,
-                "wall_seconds": resumed_seconds + time.perf_counter() - started,
-            }, checkpoint_path)
+            save_training_state(checkpoint_path, fingerprint, model, optimizer, scheduler, generator,
+                                history=history, best=best,
+                                wall_seconds=resumed_seconds + time.perf_counter() - started)
         if on_epoch is not None:
             on_epoch(row)
     bar.close()

@@ -201,10 +201,7 @@ def fit(
 
     checkpoint = load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        generator.set_state(checkpoint["generator"])
+        restore_training_state(checkpoint, model, optimizer, scheduler, generator)
         defense.state.update(checkpoint["defense_state"])
         history = checkpoint["history"]
         resumed_seconds = checkpoint["wall_seconds"]
@@ -242,16 +239,9 @@ def fit(
         logger.info("epoch %d/%d: train loss %.4f, train acc %.2f, test acc %.2f (%.1f s)", epoch, recipe.epochs,
                     row["train_loss"], row["train_acc"], row["test_acc"], row["seconds"])
         if checkpoint_path is not None:
-            torch_save({
-                "fingerprint": fingerprint or {},
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "defense_state": defense.state,
-                "history": history,
-                "wall_seconds": resumed_seconds + time.perf_counter() - started,
-            }, checkpoint_path)
+            save_training_state(checkpoint_path, fingerprint, model, optimizer, scheduler, generator,
+                                defense_state=defense.state, history=history,
+                                wall_seconds=resumed_seconds + time.perf_counter() - started)
         if weights_dir is not None and (epoch % keep_weights_every == 0 or epoch == recipe.epochs):
             torch_save(model.state_dict(), Path(weights_dir) / f"epoch{epoch:03d}.pt")
         if on_epoch is not None:
@@ -300,6 +290,23 @@ def autocast(device: torch.device, precision: str):
     if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def save_training_state(path: str | os.PathLike, fingerprint: dict[str, Any] | None, model: torch.nn.Module,
+                        optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                        **extra: Any) -> None:
+    """A resumable checkpoint: what every training loop restores (``restore_training_state``), plus its ``extra``."""
+    torch_save({"fingerprint": fingerprint or {}, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(), **extra}, path)
+
+
+def restore_training_state(checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: Any, generator: torch.Generator) -> None:
+    """Model, optimizer, schedule and RNG back to where ``save_training_state`` left them."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    generator.set_state(checkpoint["generator"])
 
 
 def load_checkpoint(path: str | os.PathLike | None, fingerprint: dict[str, Any] | None) -> dict | None:
