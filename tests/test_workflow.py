@@ -111,6 +111,34 @@ def test_slurm_profile_dry_run_asks_for_gpus_at_paper_scale(scratch_repo, workfl
     assert all("gpu=1" in job.split("\n[")[0] and "runtime=720" in job.split("\n[")[0] for job in train_jobs)
 
 
+TOY_POISON = '''"""A toy poison for the test that a new poison is one module."""
+
+from poisonlab.checks import Fraction
+from poisonlab.poisons.base import POISONS
+
+
+@POISONS.register("toy-shift")
+def toy_shift(images, labels, *, num_classes, generator, epsilon: Fraction = 0.1):
+    """Every image of class k brightened by epsilon * k / num_classes."""
+    return (images + epsilon * labels.view(-1, 1, 1, 1) / num_classes).clamp(0, 1)
+'''
+
+
+def test_a_new_poison_is_one_module(scratch_repo, workflow_env):
+    # The module dropped into the package is all: no edit to the schema, the rules or the config files.
+    (scratch_repo / "src" / "poisonlab" / "poisons" / "toy_shift.py").write_text(TOY_POISON)
+    env = {**workflow_env, "PYTHONPATH": str(scratch_repo / "src")}  # the scratch copy's package, not the venv's
+    dry = snakemake(scratch_repo, "--profile", "local", "baselines_tables", "-n", "--config", "poisons=[toy-shift]",
+                    "papers=[]", env=env).stdout
+    assert re.search(r"rule poison:\n(?:    .*\n)*?    wildcards: dataset=mnist5k, poison=toy-shift\n", dry)
+    assert re.search(r"rule train:\n(?:    .*\n)*?    wildcards: dataset=mnist5k, poison=toy-shift, defense=none", dry)
+    assert re.search(r"rule table:\n(?:    .*\n)*?    input: .*results/runs/mnist5k/toy-shift/none/", dry)
+    bad = snakemake(scratch_repo, "--profile", "local", "baselines_tables", "-n", "--config", "poisons=[toy-shift]",
+                    "papers=[]", "poison_options={toy-shift: {default: {epsilon: 2}}}", env=env, check=False)
+    output = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "poison 'toy-shift': epsilon must be > 0 and <= 1.0; got 2" in output, output
+
+
 def test_embedded_dag_builds_the_baselines_table_then_does_nothing(scratch_repo, workflow_env):
     import mlflow
 
