@@ -19,13 +19,13 @@ Every entry of ``AUTOENCODERS`` builds a frozen ``LatentAutoencoder``: ``encode`
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from poisonlab.data.base import sha256_of
 from poisonlab.registry import ConfigError, Registry
 
 # The checked files: name → sha256 (``../shared/data/README.md``;
@@ -127,11 +127,6 @@ class TAEF2(LatentAutoencoder):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(latents).clamp(0, 1)
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @AUTOENCODERS.register("taef2")

@@ -15,7 +15,6 @@ Entry points for the DAG (each writes its outputs atomically):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 
 from poisonlab import tracking
 from poisonlab.atomic import torch_save, write_json
+from poisonlab.data.base import sha256_of
 from poisonlab.data.container import ImageDataset
 from poisonlab.fewshot.evaluate import embed_pool, evaluate_fewshot
 from poisonlab.fewshot.methods import build_method
@@ -49,11 +49,6 @@ class FewShotRunSpec:
     @property
     def name(self) -> str:
         return f"fewshot/{self.dataset}/{self.method}/{self.recipe}/seed{self.seed}"
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_pools(data_path: str | os.PathLike, split: str, device: torch.device | str, pad_to: int | None
@@ -83,7 +78,7 @@ def train_fewshot_run(spec: FewShotRunSpec, recipe: FewShotRecipe, data_path: st
     split = split or spec.dataset
     torch_device = pick_device(device)
     dataset, pools = load_pools(data_path, split, torch_device, pad_to)
-    data_sha256 = _sha256(data_path)
+    data_sha256 = sha256_of(data_path)
     channels, height, _ = pools["train"].image_shape
     precision = resolve_precision(recipe.precision, torch_device)
 
@@ -91,7 +86,7 @@ def train_fewshot_run(spec: FewShotRunSpec, recipe: FewShotRecipe, data_path: st
     model = build_fewshot_model(method.arch, in_channels=channels, image_size=height)
     init_sha256 = None
     if init_weights is not None:
-        init_sha256 = _sha256(init_weights)
+        init_sha256 = sha256_of(init_weights)
         model.load_state_dict(torch.load(init_weights, map_location="cpu", weights_only=True))
     model.to(torch_device)
     # The resolved precision too: a run killed on a bf16 machine is not resumed in fp32 on another.

@@ -36,7 +36,7 @@ from poisonlab.registry import ConfigError
 from poisonlab.training.loop import (autocast, load_checkpoint, restore_training_state, save_training_state,
                                      train_step)
 from poisonlab.training.precision import resolve_precision
-from poisonlab.training.recipe import Recipe
+from poisonlab.training.recipe import Recipe, recipe_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,7 @@ class FewShotRecipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, name: str = "fewshot recipe") -> FewShotRecipe:
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-        values = {**values, "milestones": tuple(values.get("milestones", cls.milestones))}
-        values["augment"] = {k: dict(v or {}) for k, v in (values.get("augment") or {}).items()}
-        recipe = cls(**values)
-        recipe.validate(name)
-        return recipe
+        return recipe_from_dict(cls, values, name)
 
     def validate(self, name: str = "fewshot recipe") -> None:
         for key in ("way", "shot", "query", "episodes_per_step", "steps_per_epoch", "val_way", "val_shot",

@@ -12,7 +12,6 @@ checkpoint (paper scale: DDC-AT's PSPNet) is evaluated through
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 
 from poisonlab import tracking
 from poisonlab.atomic import save_npz, torch_save, write_json
+from poisonlab.data.base import sha256_of
 from poisonlab.segmentation.data import SegmentationDataset
 from poisonlab.segmentation.metrics import segmentation_metric
 from poisonlab.segmentation.models import build_seg_model, load_weights
@@ -80,8 +80,7 @@ def train_segmentation(spec: SegRunSpec, recipe: Recipe, data_path: str | os.Pat
     procedure_options, model_options = dict(procedure_options or {}), dict(model_options or {})
     procedure = SEG_PROCEDURES.build(spec.procedure, **procedure_options)  # bad options fail before loading data
     dataset = SegmentationDataset.load(data_path)
-    with open(data_path, "rb") as f:
-        data_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    data_sha256 = sha256_of(data_path)
     torch_device = pick_device(device)
     precision = resolve_precision(recipe.precision, torch_device)
     torch.manual_seed(spec.seed)  # model initialisation; everything after draws from fit's generator

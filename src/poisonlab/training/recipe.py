@@ -45,16 +45,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, name: str = "recipe") -> Recipe:
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-        values = dict(values)
-        values["milestones"] = tuple(values.get("milestones", ()))
-        values["augment"] = {k: dict(v or {}) for k, v in (values.get("augment") or {}).items()}
-        recipe = cls(**values)
-        recipe.validate(name)
-        return recipe
+        return recipe_from_dict(cls, values, name)
 
     def validate(self, name: str = "recipe") -> None:
         check_values(name, type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -126,3 +117,20 @@ def linear(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     """Linear decay to zero: with warm-up, the triangular schedule of fast CIFAR trainers."""
     total = recipe.epochs * steps_per_epoch
     return lambda step: max(0.0, 1 - step / total)
+
+
+def recipe_from_dict(cls: type, values: dict[str, Any], name: str) -> Any:
+    """A recipe dataclass (``Recipe``, the episodic trainer's) from a config mapping, checked.
+
+    Unknown keys are refused with the allowed ones; ``milestones`` becomes a tuple and each of
+    ``augment``'s options a dict, as the dataclass holds them; then the recipe validates itself.
+    """
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    values = {**values, "milestones": tuple(values.get("milestones", cls.milestones))}
+    values["augment"] = {k: dict(v or {}) for k, v in (values.get("augment") or {}).items()}
+    recipe = cls(**values)
+    recipe.validate(name)
+    return recipe

@@ -11,7 +11,6 @@ last and only when training finished, so its presence means the run is done.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 
 from poisonlab import tracking
 from poisonlab.atomic import torch_save, write_json
+from poisonlab.data.base import sha256_of
 from poisonlab.data.container import ImageDataset
 from poisonlab.defenses import Sanitizer, build_defense
 from poisonlab.models import build_model
@@ -58,8 +58,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     if isinstance(defense, Sanitizer):
         defense = None  # already applied to the data this run reads
     dataset = ImageDataset.load(data_path)
-    with open(data_path, "rb") as f:
-        data_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    data_sha256 = sha256_of(data_path)
     height, _, channels = dataset.image_shape
 
     torch_device = pick_device(device)
