@@ -94,6 +94,8 @@ rule attribution_ssl:
         metrics=f"{SSL_DIR}/metrics.json",
     log:
         f"logs/attribution/{SSL_DIR}.log",
+    benchmark:
+        f"logs/attribution/{SSL_DIR}.benchmark.tsv",
     threads: ATTRIBUTION.job_resources("ssl")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("ssl")["gpu"],
@@ -114,6 +116,8 @@ rule attribution_features:
         features=f"{SETTING}/features.npz",
     log:
         f"logs/attribution/{SETTING}/features.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/features.benchmark.tsv",
     threads: ATTRIBUTION.job_resources("attribute")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
@@ -135,6 +139,8 @@ rule attribution_targets:
         targets=f"{SETTING}/targets.json",
     log:
         f"logs/attribution/{SETTING}/targets.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/targets.benchmark.tsv",
     threads: ATTRIBUTION.job_resources("attribute")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
@@ -154,6 +160,8 @@ rule attribution_subsets:
         shard=f"{SETTING}/subsets/{{part}}/shard{{shard}}.npz",
     log:
         f"logs/attribution/{SETTING}/subsets/{{part}}/shard{{shard}}.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/subsets/{{part}}/shard{{shard}}.benchmark.tsv",
     threads: ATTRIBUTION.job_resources("retrain")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("retrain")["gpu"],
@@ -175,6 +183,8 @@ rule attribution_attribute:
         neighbours=f"{SETTING}/attributors/{{attributor}}/neighbours.json",
     log:
         f"logs/attribution/{SETTING}/attributors/{{attributor}}.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/attributors/{{attributor}}.benchmark.tsv",
     threads: ATTRIBUTION.job_resources("attribute")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
@@ -197,6 +207,8 @@ rule attribution_support:
         unit=f"{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.json",
     log:
         f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.benchmark.tsv",
     threads: ATTRIBUTION.job_resources("retrain")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("retrain")["gpu"],
@@ -220,6 +232,8 @@ rule attribution_support_summary:
         summary=f"{SETTING}/support/{{attributor}}/{{kind}}/summary.json",
     log:
         f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/summary.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/summary.benchmark.tsv",
     script:
         "../workflow/scripts/attribution_summary.py"
 
@@ -234,5 +248,7 @@ rule attribution_lds:
         lds=f"{SETTING}/lds/{{attributor}}/lds.json",
     log:
         f"logs/attribution/{SETTING}/lds/{{attributor}}.log",
+    benchmark:
+        f"logs/attribution/{SETTING}/lds/{{attributor}}.benchmark.tsv",
     script:
         "../workflow/scripts/attribution_lds.py"

@@ -6,6 +6,8 @@ rule clean_dataset:
         PATHS.clean(),
     log:
         f"logs/data/{PATHS.data}/{{dataset}}.log",
+    benchmark:
+        f"logs/data/{PATHS.data}/{{dataset}}.benchmark.tsv",
     threads: config["resources"]["data"].get("cpus", 1)
     resources:
         runtime=config["resources"]["data"]["runtime"],

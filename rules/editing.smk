@@ -58,6 +58,8 @@ rule editing_photos:
         photos=PATHS.photos(),
     log:
         f"logs/editing/{PATHS.photos()}.log",
+    benchmark:
+        f"logs/editing/{PATHS.photos()}.benchmark.tsv",
     params:
         options=lambda wildcards: EDITING.photo_options(wildcards.photos),
     script:
@@ -70,6 +72,8 @@ rule editing_small_ae:
         metrics=f"{SMALL_AE_DIR}/metrics.json",
     log:
         f"logs/editing/{SMALL_AE_DIR}.log",
+    benchmark:
+        f"logs/editing/{SMALL_AE_DIR}.benchmark.tsv",
     threads: editing_resources("train")["cpus"]
     resources:
         gpu=editing_resources("train")["gpu"],
@@ -90,6 +94,8 @@ rule editing_immunize:
         immunized=PATHS.immunized(),
     log:
         f"logs/editing/{PATHS.immunized()}.log",
+    benchmark:
+        f"logs/editing/{PATHS.immunized()}.benchmark.tsv",
     threads: editing_resources("immunize")["cpus"]
     resources:
         gpu=editing_resources("immunize")["gpu"],
@@ -112,6 +118,8 @@ rule editing_sweep:
         **sweep_records(),
     log:
         f"logs/editing/{EDIT_DIR}/{{immunizer}}.log",
+    benchmark:
+        f"logs/editing/{EDIT_DIR}/{{immunizer}}.benchmark.tsv",
     threads: editing_resources("sweep")["cpus"]
     resources:
         gpu=editing_resources("sweep")["gpu"],

@@ -11,6 +11,8 @@ rule evaluate:
         f"{RUN_DIR}/{{evaluation}}.json",
     log:
         f"logs/evaluate/{RUN_DIR}/{{evaluation}}.log",
+    benchmark:
+        f"logs/evaluate/{RUN_DIR}/{{evaluation}}.benchmark.tsv",
     threads: config["resources"]["evaluate"].get("cpus", 1)
     resources:
         gpu=config["resources"]["evaluate"]["gpu"],

@@ -56,6 +56,8 @@ rule fewshot_train:
         metrics=f"{FS_DIR}/metrics.json",
     log:
         f"logs/fewshot/{FS_DIR}/train.log",
+    benchmark:
+        f"logs/fewshot/{FS_DIR}/train.benchmark.tsv",
     threads: fewshot_resources("train")["cpus"]
     resources:
         gpu=fewshot_resources("train")["gpu"],
@@ -81,6 +83,8 @@ rule fewshot_evaluate:
         record=f"{FS_DIR}/evaluation.json",
     log:
         f"logs/fewshot/{FS_DIR}/evaluation.log",
+    benchmark:
+        f"logs/fewshot/{FS_DIR}/evaluation.benchmark.tsv",
     threads: fewshot_resources("evaluate")["cpus"]
     resources:
         gpu=fewshot_resources("evaluate")["gpu"],
@@ -103,6 +107,8 @@ rule fewshot_refinement:
         arrays=f"{FS_DIR}/refinement.npz",
     log:
         f"logs/fewshot/{FS_DIR}/refinement.log",
+    benchmark:
+        f"logs/fewshot/{FS_DIR}/refinement.benchmark.tsv",
     threads: fewshot_resources("study")["cpus"]
     resources:
         gpu=fewshot_resources("study")["gpu"],
@@ -124,6 +130,8 @@ rule fewshot_prototypes:
         arrays=f"{FS_AP_DIR}/prototypes.npz",
     log:
         f"logs/fewshot/{FS_AP_DIR}/prototypes.log",
+    benchmark:
+        f"logs/fewshot/{FS_AP_DIR}/prototypes.benchmark.tsv",
     threads: fewshot_resources("study")["cpus"]
     resources:
         gpu=fewshot_resources("study")["gpu"],

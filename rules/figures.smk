@@ -9,6 +9,8 @@ rule paper_figure:
         png=f"{PATHS.figure()}.png",
     log:
         "logs/figures/{slug}/{figure}.log",
+    benchmark:
+        "logs/figures/{slug}/{figure}.benchmark.tsv",
     params:
         figure=lambda wildcards: PAPER_FIGURES[
             (wildcards.slug, wildcards.figure)

@@ -10,6 +10,8 @@ rule sanitize:
         PATHS.sanitized(),
     log:
         f"logs/sanitize/{PATHS.data}/{{dataset}}/{{poison}}/{{defense}}.log",
+    benchmark:
+        f"logs/sanitize/{PATHS.data}/{{dataset}}/{{poison}}/{{defense}}.benchmark.tsv",
     threads: config["resources"]["sanitize"].get("cpus", 1)
     resources:
         gpu=config["resources"]["sanitize"]["gpu"],

@@ -51,6 +51,8 @@ rule segmentation_canvases:
         data=PATHS.segmentation_data(),
     log:
         f"logs/segmentation/{PATHS.segmentation_data()}.log",
+    benchmark:
+        f"logs/segmentation/{PATHS.segmentation_data()}.benchmark.tsv",
     threads: segmentation_resources("canvases")["cpus"]
     resources:
         gpu=segmentation_resources("canvases")["gpu"],
@@ -70,6 +72,8 @@ rule segmentation_train:
         metrics=f"{SEG_DIR}/metrics.json",
     log:
         f"logs/segmentation/{SEG_DIR}/train.log",
+    benchmark:
+        f"logs/segmentation/{SEG_DIR}/train.benchmark.tsv",
     threads: segmentation_resources("train")["cpus"]
     resources:
         gpu=segmentation_resources("train")["gpu"],
@@ -96,6 +100,8 @@ rule segmentation_robustness:
         examples=f"{SEG_DIR}/robustness.npz",
     log:
         f"logs/segmentation/{SEG_DIR}/robustness.log",
+    benchmark:
+        f"logs/segmentation/{SEG_DIR}/robustness.benchmark.tsv",
     threads: segmentation_resources("robustness")["cpus"]
     resources:
         gpu=segmentation_resources("robustness")["gpu"],
@@ -119,6 +125,8 @@ rule segmentation_synthesis:
         arrays=f"{SEG_DIR}/{{task}}.npz",
     log:
         f"logs/segmentation/{SEG_DIR}/{{task}}.log",
+    benchmark:
+        f"logs/segmentation/{SEG_DIR}/{{task}}.benchmark.tsv",
     threads: segmentation_resources("synthesis")["cpus"]
     resources:
         gpu=segmentation_resources("synthesis")["gpu"],

@@ -11,6 +11,8 @@ rule table:
         tex=f"{PATHS.table()}.tex",
     log:
         "logs/tables/{slug}/{table}.log",
+    benchmark:
+        "logs/tables/{slug}/{table}.benchmark.tsv",
     params:
         cells=get_table_cells,
         title=lambda wildcards: PAPER_TABLES[(wildcards.slug, wildcards.table)].title,

@@ -10,6 +10,8 @@ rule train:
         model=f"{RUN_DIR}/model.pt",
     log:
         f"logs/train/{RUN_DIR}.log",
+    benchmark:
+        f"logs/train/{RUN_DIR}.benchmark.tsv",
     threads: config["resources"]["train"].get("cpus", 1)
     resources:
         gpu=config["resources"]["train"]["gpu"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 from pathlib import Path
 
@@ -257,7 +258,20 @@ def test_native_bf16_check_agrees_with_the_cpu_flags():
     if platform.machine() != "x86_64" or not cpuinfo.exists():
         pytest.skip("x86-64 Linux only")
     flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
-    assert precision_module.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    onednn_capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in precision_module.ONEDNN_ISAS_WITHOUT_BF16
+    expected = bool(flags & {"avx512_bf16", "amx_bf16"}) and not onednn_capped
+    assert precision_module.cpu_has_native_bf16() == expected
+
+
+def test_auto_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch):
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16 even on a CPU with the units: auto must see it.
+    precision_module.cpu_has_native_bf16.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    try:
+        assert not precision_module.cpu_has_native_bf16()
+        assert precision_module.resolve_precision("auto", "cpu") == "fp32"
+    finally:
+        precision_module.cpu_has_native_bf16.cache_clear()
 
 
 class _Killed(Exception):
