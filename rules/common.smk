@@ -80,13 +80,24 @@ wildcard_constraints:
 # ---------------------------------------------------------------- tracking
 
 
+# Jobs write MLflow journals (no MLflow import in a job: poisonlab.tracking); this process replays them
+# into the store at the start, every few seconds while jobs run, and at the end.
 onstart:
-    # Create the MLflow store once, before any job: concurrent first writers race on its migrations.
     tracking.init_store(
         experiments=[tracking.experiment_name(d) for d in config["datasets"]]
     )
+    tracking.sync()  # what an earlier, killed DAG left unreplayed
     # Runs of jobs killed in an earlier DAG are closed as KILLED (a rerun resumes into its own run).
     tracking.close_stale_runs(results=config["paths"]["results"])
+    tracking.sync_in_background()
+
+
+onsuccess:
+    tracking.sync()
+
+
+onerror:
+    tracking.sync()
 
 
 # ---------------------------------------------------------------- input functions

@@ -391,10 +391,10 @@ def test_ssl_pretraining_resumes_to_the_same_backbone(tmp_path, monkeypatch) -> 
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain_ssl(ds, config, tmp_path / "killed", device="cpu", progress=False)
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
-    killed_run = (tmp_path / "killed" / "mlflow_run_id").read_text()
+    killed_run = (tmp_path / "killed" / "run_key").read_text()
     monkeypatch.setattr(pretrain, "_monitor", monitor)
     resumed = pretrain.pretrain_ssl(ds, config, tmp_path / "killed", device="cpu", progress=False)
-    assert resumed["mlflow_run_id"] == killed_run  # resumed into the killed job's MLflow run
+    assert resumed["run_key"] == killed_run  # resumed into the killed job's MLflow run
     assert [row["ssl_loss"] for row in resumed["history"]] == [row["ssl_loss"] for row in whole["history"]]
     a, b = (torch.load(tmp_path / d / "backbone.pt", weights_only=True)["body"] for d in ("whole", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -84,7 +84,7 @@ def test_tiny_dag_builds_the_ssl_attribution_tables_and_figures(scratch_repo, wo
         assert (scratch_repo / f"paper/ssl-attribution/figures/{name}.png").stat().st_size > 0
 
     ssl = json.loads((scratch_repo / "results/attribution/mnist5k/ssl/moco/tinycnn/seed0/metrics.json").read_text())
-    assert ssl["mlflow_run_id"] and ssl["epochs"] == 1 and 0 <= ssl["knn_acc"] <= 100
+    assert ssl["run_key"] and ssl["epochs"] == 1 and 0 <= ssl["knn_acc"] <= 100
     again = snakemake(scratch_repo, "--profile", "local", "ssl-attribution_tables", *TINY, env=workflow_env)
     assert "Nothing to be done" in again.stdout + again.stderr
 

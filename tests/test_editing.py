@@ -212,10 +212,10 @@ def test_small_ae_training_resumes_after_a_kill_into_the_same_run(tmp_path, monk
     monkeypatch.setattr(small_ae, "random_crops", dies_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         small_ae.train_small_autoencoder(tmp_path / "killed", **options)
-    killed_run = (tmp_path / "killed" / "mlflow_run_id").read_text()
+    killed_run = (tmp_path / "killed" / "run_key").read_text()
     monkeypatch.setattr(small_ae, "random_crops", crops)
     resumed = small_ae.train_small_autoencoder(tmp_path / "killed", **options)
-    assert resumed["mlflow_run_id"] == killed_run and len(resumed["history"]) == 2
+    assert resumed["run_key"] == killed_run and len(resumed["history"]) == 2
     assert resumed["history"][1]["train_mse"] == whole["history"][1]["train_mse"]
     weights = [torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "killed")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -47,7 +47,7 @@ def test_tiny_dag_builds_the_jpeg_sweep_tables_and_figure_then_does_nothing(scra
     for name in ("examples.pdf", "examples.png"):
         assert (scratch_repo / "paper/jpeg-photoguard/figures" / name).stat().st_size > 0
     small_ae = json.loads((scratch_repo / "results/editing/autoencoders/small-ae/seed0/metrics.json").read_text())
-    assert small_ae["steps"] == 20 and small_ae["mlflow_run_id"]
+    assert small_ae["steps"] == 20 and small_ae["run_key"]
 
     again = snakemake(scratch_repo, "--profile", "local", "jpeg-photoguard_tables", *TINY, "-n", env=workflow_env)
     assert "Nothing to be done" in again.stdout + again.stderr

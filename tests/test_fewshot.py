@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from poisonlab import tracking
 from poisonlab.data import build_dataset, stratified_subset
 from poisonlab.data.container import ImageDataset
 from poisonlab.fewshot import (METHODS, SPLITS, ClassPool, FewShotRecipe, FewShotRunSpec, build_fewshot_model,
@@ -292,17 +293,18 @@ def test_a_killed_run_resumes_to_the_same_model(small_container, mlflow_uri, tmp
         with pytest.raises(_Killed):
             train_fewshot_run(spec, TINY, small_container, run_dir, progress=False, device="cpu")
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
-    killed_id = (run_dir / "mlflow_run_id").read_text()
+    killed_key = (run_dir / "run_key").read_text()
 
     resumed = train_fewshot_run(spec, TINY, small_container, run_dir, progress=False, device="cpu")
-    assert resumed["mlflow_run_id"] == killed_id  # into the same MLflow run
+    assert resumed["run_key"] == killed_key  # into the same MLflow run
     assert [row["train_loss"] for row in resumed["history"]] == [row["train_loss"] for row in whole["history"]]
     a, b = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "whole", run_dir))
     assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise on the CPU
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["epochs"] == len(on_disk["history"]) == 3 and on_disk["selected_epoch"] == 3
     assert on_disk["arch"] == "conv4-ae" and on_disk["classes"]["test"] == list("56789")
-    assert mlflow.MlflowClient(mlflow_uri).get_run(killed_id).info.status == "FINISHED"
+    tracking.sync()
+    assert mlflow.MlflowClient(mlflow_uri).get_run(tracking.mlflow_run_id(killed_key)).info.status == "FINISHED"
 
     evaluation = evaluate_fewshot_run(run_dir, small_container, tmp_path / "eval.json", episodes=20, query=5,
                                       device="cpu")

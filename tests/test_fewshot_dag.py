@@ -40,7 +40,7 @@ def test_tiny_dag_builds_the_autoprotonet_tables_and_figures_then_does_nothing(s
     assert evaluation["results"]["1-shot"]["episodes"] == 20
     # IAP started from IA's weights: the fine-tuned run names the IA model it was given.
     iap = json.loads((scratch_repo / RUNS / "autoprotonet-ft/fewshot-embedded/seed0/metrics.json").read_text())
-    assert iap["method"] == "autoprotonet-ft" and iap["recipe_config"]["steps_per_epoch"] == 2 and iap["mlflow_run_id"]
+    assert iap["method"] == "autoprotonet-ft" and iap["recipe_config"]["steps_per_epoch"] == 2 and iap["run_key"]
 
     refinement = pl.read_csv(tables / "refinement.csv")
     rows = list(refinement["row"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import submitit
 
+from poisonlab import tracking
 from poisonlab.cli import main as cli
 from poisonlab.config import load_config, merge
 from poisonlab.data import build_dataset
@@ -67,7 +68,8 @@ def test_local_executor_result_is_the_record_on_disk_and_logs_to_the_inherited_s
     record = job.result()
     assert record == metrics(config, 0)
     # The subprocess saw this test's MLFLOW_TRACKING_URI: its run is in this store, not the project's mlflow.db.
-    assert mlflow.MlflowClient(mlflow_uri).get_run(record["mlflow_run_id"]).info.status == "FINISHED"
+    tracking.sync()
+    assert mlflow.MlflowClient(mlflow_uri).get_run(tracking.mlflow_run_id(record["run_key"])).info.status == "FINISHED"
     assert (tmp_path / "logs" / f"{job.job_id}_0_log.err").exists()
 
 

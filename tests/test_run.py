@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from poisonlab import tracking
 from poisonlab.cli import main as cli
 from poisonlab.config import get_recipe, load_config
 from poisonlab.data import build_dataset
@@ -57,7 +58,9 @@ def test_embedded_default_reaches_mnist_accuracy_and_logs_the_run(mnist5k_contai
     final = torch.load(run_dir / "epochs" / kept[-1], weights_only=True)
     assert all(torch.equal(final[k], v) for k, v in torch.load(run_dir / "model.pt", weights_only=True).items())
 
-    run = mlflow.MlflowClient(mlflow_uri).get_run(on_disk["mlflow_run_id"])
+    # The job wrote a journal, not MLflow: one sync (the DAG's process runs it) carries the run over whole.
+    assert tracking.sync() > 0 and not tracking.journal_dir().joinpath(f"{on_disk['run_key']}.jsonl").exists()
+    run = mlflow.MlflowClient(mlflow_uri).get_run(tracking.mlflow_run_id(on_disk["run_key"]))
     assert run.info.status == "FINISHED"
     assert run.data.metrics["final_test_acc"] == on_disk["final_test_acc"]
     assert run.data.params["arch"] == "smallcnn" and run.data.tags["dataset_sha256"] == on_disk["dataset_sha256"]
@@ -90,13 +93,13 @@ def test_a_rerun_after_a_config_change_trains_the_new_config_from_scratch(mnist5
         patch.setattr(run_module, "fit", killed_after_epoch_2)
         with pytest.raises(_Killed):
             train_run(spec, old, mnist5k_container, run_dir, device="cpu", progress=False)
-    killed_run_id = (run_dir / "mlflow_run_id").read_text()
+    killed_key = (run_dir / "run_key").read_text()
     assert (run_dir / "checkpoint.pt").exists() and len(list((run_dir / "epochs").iterdir())) == 2
 
     rerun = train_run(spec, new, mnist5k_container, run_dir, device="cpu", progress=False)
     fresh = train_run(spec, new, mnist5k_container, tmp_path / "fresh", device="cpu", progress=False)
     assert [row["epoch"] for row in rerun["history"]] == [1, 2, 3]
-    assert rerun["recipe_config"]["lr"] == new.lr and rerun["mlflow_run_id"] != killed_run_id
+    assert rerun["recipe_config"]["lr"] == new.lr and rerun["run_key"] != killed_key
     assert [row["test_acc"] for row in rerun["history"]] == [row["test_acc"] for row in fresh["history"]]
     weights = [torch.load(d / "model.pt", weights_only=True) for d in (run_dir, tmp_path / "fresh")]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
@@ -154,6 +157,7 @@ def test_a_run_killed_between_its_checkpoint_and_its_mlflow_log_keeps_every_epoc
         with pytest.raises(_Killed):
             train_run(spec, recipe, mnist5k_container, tmp_path / "run", device="cpu", progress=False)
     record = train_run(spec, recipe, mnist5k_container, tmp_path / "run", device="cpu", progress=False)
-    history = mlflow.MlflowClient(mlflow_uri).get_metric_history(record["mlflow_run_id"], "test_acc")
+    tracking.sync()
+    history = mlflow.MlflowClient(mlflow_uri).get_metric_history(tracking.mlflow_run_id(record["run_key"]), "test_acc")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert {m.step: m.value for m in history} == {row["epoch"]: row["test_acc"] for row in record["history"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -25,14 +26,14 @@ TRAIN_JOB = textwrap.dedent("""
 
     data, run_dir, seed, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(1)
-    log_epoch = tracking.MlflowRun.log_epoch
+    log_epoch = tracking.TrackedRun.log_epoch
 
     def log_then_die(self, row):
         log_epoch(self, row)
         if row["epoch"] == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    tracking.MlflowRun.log_epoch = log_then_die
+    tracking.TrackedRun.log_epoch = log_then_die
     recipe = Recipe.from_dict({"epochs": 4, "batch_size": 32, "lr": 0.05, "precision": "fp32"})
     spec = RunSpec(dataset="quadrants", arch="smallcnn", recipe="toy", seed=seed)
     train_run(spec, recipe, data, run_dir, device="cpu", progress=False, keep_weights_every=4)
@@ -74,6 +75,7 @@ def test_killed_training_jobs_are_closed_at_the_next_start_and_a_rerun_finishes_
 
     for seed in (0, 1):  # the DAG is killed while both cells train
         assert train_job(data, results, seed, kill_after=2).returncode == -9
+    tracking.sync()  # the DAG's process replays the jobs' journals
     assert runs_by_cell(store) == {cell[0]: [("RUNNING", "")], cell[1]: [("RUNNING", "")]}  # open for ever, so far
     (results / "runs" / cell[1] / "checkpoint.pt").unlink()  # seed 1 can no longer resume: its run is dead
 
@@ -85,6 +87,7 @@ def test_killed_training_jobs_are_closed_at_the_next_start_and_a_rerun_finishes_
     for seed in (0, 1):  # its jobs: seed 0 resumes into its run, seed 1 starts a new one
         rerun = train_job(data, results, seed)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
+    tracking.sync()
     assert runs_by_cell(store) == {cell[0]: [("FINISHED", "")], cell[1]: [("FINISHED", ""), ("KILLED", "false")]}
 
     # The resumed run's checkpoint has the bytes of an uninterrupted run's.
@@ -144,3 +147,39 @@ def test_a_dag_start_closes_the_runs_of_jobs_killed_before(scratch_repo, workflo
     snakemake(scratch_repo, "--profile", "local", "--configfile", "tests/fixtures/tiny.yaml", "--",
               "data/clean/mnist5k.npz", env=workflow_env)
     assert client.get_run(stale).info.status == "KILLED"
+
+
+def test_a_job_never_imports_mlflow_and_a_sync_carries_its_run_over(tmp_path, store):
+    # The journal is the whole of a job's tracking: MLflow's import and store cost it nothing.
+    data = tmp_path / "quadrants.npz"
+    quadrant_dataset(n_train=128).save(data)
+    check = TRAIN_JOB + "\nassert 'mlflow' not in sys.modules, 'a job imported mlflow'\n"
+    run_dir = tmp_path / "run"
+    job = subprocess.run([sys.executable, "-c", check, str(data), str(run_dir), "0", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert runs_by_cell(store) == {}  # nothing in MLflow before a sync
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert tracking.sync() == 4 + 2 + 1 + 1  # start, process, four epochs, the summary, the end
+    assert runs_by_cell(store) == {"quadrants/clean/none/smallcnn/toy/seed0": [("FINISHED", "")]}
+    assert tracking.sync() == 0 and not list(tracking.journal_dir().glob("*.jsonl"))  # replayed once, then gone
+
+
+def test_sync_replays_each_line_once_and_skips_a_line_cut_by_a_kill(store, tmp_path):
+    import mlflow
+
+    with tracking.tracked_run(tmp_path, resume=False, experiment=tracking.experiment_name("quadrants"),
+                              run_name="cell", params={"lr": 0.1}, tags={"arch": "smallcnn"}) as run:
+        run.log_epoch({"epoch": 1, "test_acc": 50.0})
+        assert tracking.sync() == 3  # start, process, epoch 1: the UI follows a live run
+        with open(run.path, "a") as journal:
+            journal.write('{"event": "metrics", "step": 2, "met')  # a job killed mid-line
+        assert tracking.sync() == 0
+        run.log_epoch({"epoch": 2, "test_acc": 60.0})  # a new line, after the cut one
+        assert tracking.sync() == 1  # epoch 2; the cut line is skipped, never read again
+    tracking.sync()
+    client = mlflow.MlflowClient(store)
+    run_id = tracking.mlflow_run_id(run.key)
+    history = client.get_metric_history(run_id, "test_acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 50.0), (2, 60.0)]
+    assert client.get_run(run_id).data.params == {"lr": "0.1"} and client.get_run(run_id).info.status == "FINISHED"

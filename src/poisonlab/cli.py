@@ -1,4 +1,4 @@
-"""``poisonlab`` command line: build a dataset container, train one run, launch a sweep.
+"""``poisonlab`` command line: build a dataset container, train one run, launch a sweep, sync MLflow.
 
 The Snakemake DAG calls the same library functions; this is for one-off runs
 and for the main job before (or outside) the DAG. Every command reads the
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("--account", help="Slurm account")
     launch.add_argument("--wait", action="store_true", help="wait and print each run's final_test_acc")
 
+    commands.add_parser("sync", help="replay the runs' MLflow journals into the store (the DAG does it itself; "
+                                     "for runs launched without --wait)")
+
     args = parser.parse_args(argv)
     try:
         config = load_scaled(args.config, args.scale)
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             from poisonlab.launch import launch_command
 
             return launch_command(config, args)
+        if args.command == "sync":
+            from poisonlab import tracking
+
+            print(f"{tracking.sync()} journal line(s) replayed into {tracking.tracking_uri()}")
+            return 0
         return _train(config, args)
     except ConfigError as error:
         print(f"poisonlab: {error}", file=sys.stderr)
@@ -85,6 +93,7 @@ def _data(config: dict, args: argparse.Namespace) -> int:
 
 
 def _train(config: dict, args: argparse.Namespace) -> int:
+    from poisonlab import tracking
     from poisonlab.launch import train_arguments
     from poisonlab.training.run import RunSpec, train_run
 
@@ -93,6 +102,7 @@ def _train(config: dict, args: argparse.Namespace) -> int:
     arguments = train_arguments(config, spec, data_path=args.data, run_dir=args.run_dir)
     record = train_run(**arguments, device=args.device or config.get("device", "auto"),
                        progress=not args.no_progress)
+    tracking.sync()
     summary = {k: record[k] for k in ("final_test_acc", "peak_test_acc", "peak_epoch", "wall_seconds")}
     print(json.dumps({"run": spec.name, **summary}))
     return 0

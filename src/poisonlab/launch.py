@@ -120,6 +120,7 @@ def launch_command(config: dict[str, Any], args: argparse.Namespace) -> int:
     for job, run_dir in zip(jobs, run_dirs):
         print(f"{job.job_id}\t{run_dir}")
     if not (args.wait or args.executor == "debug"):  # debug jobs would otherwise never run
+        print("their MLflow runs appear after `poisonlab sync` (run it once they end)")
         return 0
     status = 0
     for job, run_dir in zip(jobs, run_dirs):
@@ -128,6 +129,7 @@ def launch_command(config: dict[str, Any], args: argparse.Namespace) -> int:
         except UncompletedJobError as error:  # one failed run must not hide the others' results
             print(f"{run_dir}\tfailed: {error}", file=sys.stderr)
             status = 1
+    tracking.sync()  # the runs' journals into MLflow
     return status
 
 

@@ -55,7 +55,7 @@ class RunRecord(TypedDict):
     wall_seconds: float
     device: str
     precision: str  # what autocast ran in (fp32, bf16), resolved from the recipe and the hardware
-    mlflow_run_id: str
+    run_key: str  # the MLflow run's tag poisonlab.run_key (tracking.mlflow_run_id finds it)
     git_commit: str
     # How the run was made, beyond the names of its path:
     recipe_config: dict[str, Any]

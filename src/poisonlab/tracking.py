@@ -1,44 +1,65 @@
-"""Run tracking: MLflow for browsing, ``metrics.json`` for the tables.
+"""Run tracking: each job writes a journal, the DAG's own process carries it into MLflow.
 
-MLflow logs to ``sqlite:///mlflow.db`` at the project root unless
-``MLFLOW_TRACKING_URI`` says otherwise; telemetry is off. Tables are built
-from ``metrics.json`` only (DESIGN.md): MLflow is the record people browse,
-never the one results are computed from.
+MLflow's store is ``sqlite:///mlflow.db`` at the project root unless ``MLFLOW_TRACKING_URI`` says
+otherwise; telemetry is off. Tables are built from ``metrics.json`` only (DESIGN.md): MLflow is the
+record people browse, never the one results are computed from.
+
+Why a journal: importing MLflow and opening its SQLAlchemy store costs a job 2.5–4.5 s of CPU
+(measured on 2 cores: ``import mlflow`` 2.6 s, store and experiment 1.9 s), more than a small training
+job's whole start-up budget. So a job never imports MLflow. It appends what it would log — params and
+tags at its start, its process at every (re)start, a row a epoch, the summary, its end — as JSON lines
+to ``mlflow-journal/<run key>.jsonl`` beside the store (``journal_dir``). ``sync`` replays the lines
+not yet replayed into MLflow, in one process that imports MLflow once: the DAG runs it at its start,
+every ``SYNC_SECONDS`` while it runs (a background thread of Snakemake's process, so ``mlflow ui``
+follows a run epoch by epoch), and at its end; ``poisonlab sync`` does it by hand (runs launched
+outside the DAG). A run's key is its MLflow run's tag ``poisonlab.run_key`` and its record's
+``run_key`` (``mlflow_run_id(key)`` finds the run); a journal whose run ended FINISHED is deleted
+once replayed.
 
 Run states follow the DAG, so the UI shows one live run per cell:
 
 - A run is RUNNING while its job trains, FINISHED when it wrote ``metrics.json``,
   FAILED when its job raised.
 - A job killed outright (SIGKILL, a node lost, Snakemake's own kill, Slurm's
-  time limit) cannot close its run. At the start of every DAG (Snakemake's
-  ``onstart``), ``close_stale_runs`` marks KILLED each RUNNING run whose process
-  is not running now: the host and pid that (re)started it, or its Slurm job
-  (``squeue``), recorded as tags at every start. Only a run positively seen alive
+  time limit) cannot end its run. At the start of every DAG (Snakemake's
+  ``onstart``), after a ``sync``, ``close_stale_runs`` marks KILLED each RUNNING run
+  whose process is not running now: the host and pid that (re)started it, or its Slurm
+  job (``squeue``), recorded as tags at every start. Only a run positively seen alive
   stays RUNNING; one that cannot be probed (another host without a Slurm job, no
-  ``squeue``) is closed, since a live run wrongly closed is set FINISHED by its
-  own end anyway, while a dead run left open stays RUNNING for ever.
-- A killed run whose folder still holds ``checkpoint.pt`` and its id in
-  ``mlflow_run_id`` is KILLED too (nothing runs it until its cell is rerun, which
-  this DAG may not do), tagged ``poisonlab.resumable=true``: the rerun of its
-  cell resumes into it (``training.run``), which sets it RUNNING again, drops
-  the tag and ends it FINISHED. Its checkpoint gone, the rerun starts a new run and the
-  killed one stays KILLED. After a kill and a rerun, each cell therefore has one
-  FINISHED run and any others KILLED.
+  ``squeue``) is closed, since a live run wrongly closed is still ended FINISHED by its
+  journal's last line, while a dead run left open stays RUNNING for ever.
+- A killed run whose folder still holds ``checkpoint.pt`` and its key in ``run_key``
+  is KILLED too (nothing runs it until its cell is rerun, which this DAG may not do),
+  tagged ``poisonlab.resumable=true``: the rerun of its cell appends to the same
+  journal (``tracked_run``), which sets it RUNNING again, drops the tag and ends it
+  FINISHED. Its checkpoint gone, the rerun starts a new run and the killed one stays
+  KILLED. After a kill and a rerun, each cell therefore has one FINISHED run and any
+  others KILLED.
 """
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import json
+import logging
 import os
 import platform
 import shutil
 import socket
 import subprocess
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+from poisonlab.atomic import write_json
+
+logger = logging.getLogger(__name__)
 
 # Set before mlflow is imported anywhere in the process: nothing phones home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -97,16 +118,43 @@ def init_store(experiments: list[str] = ()) -> str:
     return tracking_uri()
 
 
-class MlflowRun:
-    """One MLflow run; ``log_epoch`` is the trainer's per-epoch callback."""
+def journal_dir() -> Path:
+    """Where jobs write their journals: ``mlflow-journal/`` beside a sqlite store, else at the project root."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlflow-journal"
+    return project_root() / "mlflow-journal"
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class TrackedRun:
+    """One run's journal, appended to by its job; ``log_epoch`` is the trainer's per-epoch callback."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.path = journal_dir() / f"{key}.jsonl"
+
+    def append(self, event: str, **fields: Any) -> None:
+        # One write of one line a call: a job killed mid-write leaves at most a partial last line,
+        # which sync never reads (it reads up to the last newline) and the next start ends.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+") as journal:
+            journal.seek(0, os.SEEK_END)
+            if journal.tell():
+                journal.seek(journal.tell() - 1)
+                if journal.read(1) != "\n":
+                    journal.write("\n")
+            journal.write(json.dumps({"event": event, "time": _now_ms(), **fields}) + "\n")
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event for _, event in _complete_events(self.path)]
 
     def log_epoch(self, row: dict[str, float]) -> None:
-        import mlflow
-
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        self.append("metrics", step=int(row["epoch"]),
+                    metrics={k: float(v) for k, v in row.items() if k != "epoch"})
 
     def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
         """Log the rows of a resumed checkpoint's history this run lacks.
@@ -114,17 +162,143 @@ class MlflowRun:
         A job killed after writing its checkpoint and before logging that epoch would otherwise leave
         the epoch out of MLflow for good, since the resumed run starts at the next one.
         """
-        import mlflow
-
-        logged = {m.step for m in mlflow.MlflowClient(tracking_uri()).get_metric_history(self.run_id, "test_acc")}
+        logged = {event["step"] for event in self.events() if event["event"] == "metrics" and "step" in event}
         for row in history:
             if int(row["epoch"]) not in logged:
                 self.log_epoch(row)
 
     def log_summary(self, metrics: dict[str, float]) -> None:
-        import mlflow
+        self.append("metrics", metrics={k: float(v) for k, v in metrics.items()})
 
-        mlflow.log_metrics(metrics)
+
+def _complete_events(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, event) of each complete line; a line cut by a kill is skipped."""
+    text = path.read_text() if path.exists() else ""
+    events = []
+    for number, line in enumerate(text.split("\n")[:-1]):  # the part after the last newline is unfinished
+        try:
+            events.append((number, json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+@contextmanager
+def tracked_run(run_dir: str | os.PathLike, *, resume: bool, experiment: str, run_name: str,
+                params: dict[str, Any], tags: dict[str, str]) -> Iterator[TrackedRun]:
+    """Start a run's journal, or with ``resume`` append to the one named by ``run_dir/run_key``.
+
+    A failure ends the run FAILED, not FINISHED; a success removes ``run_key`` (nothing resumes a finished run).
+    Every start records its process (host, pid, Slurm job), which ``close_stale_runs`` probes.
+    """
+    key_path = Path(run_dir) / "run_key"
+    resumed = resume and key_path.exists()
+    run = TrackedRun(key_path.read_text().strip() if resumed else uuid.uuid4().hex)
+    if not resumed:
+        run.append("start", experiment=experiment, run_name=run_name,
+                   params={k: str(v) for k, v in params.items()}, tags={k: str(v) for k, v in tags.items()})
+    run.append("process", tags=process_tags())
+    key_path.write_text(run.key)
+    try:
+        yield run
+    except BaseException:
+        run.append("end", status="FAILED")
+        raise
+    run.append("end", status="FINISHED")
+    key_path.unlink()
+
+
+# ---------------------------------------------------------------- journals into MLflow
+
+SYNC_SECONDS = 20
+MAX_BATCH = 100  # MLflow's log_batch takes at most 100 params or tags and 1,000 metrics a call
+
+
+def sync() -> int:
+    """Replay every journal's unreplayed lines into MLflow; return how many lines. Safe to call at any time:
+    one sync at a time (a lock file), and each journal's position kept in ``<key>.synced``."""
+    folder = journal_dir()
+    if not folder.is_dir():
+        return 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    replayed = 0
+    with open(folder / ".sync.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for path in sorted(folder.glob("*.jsonl")):
+            replayed += _replay(client, path)
+    return replayed
+
+
+def _replay(client: Any, path: Path) -> int:
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    key, state_path = path.stem, path.with_suffix(".synced")
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"run_id": None, "lines": 0}
+    if state["run_id"] is not None:
+        try:
+            client.get_run(state["run_id"])
+        except MlflowException:  # the store was replaced since: replay the whole journal into it
+            state = {"run_id": None, "lines": 0}
+    events = [(n, event) for n, event in _complete_events(path) if n >= state["lines"]]
+    run_id, ended = state["run_id"], None
+    for number, event in events:
+        if event["event"] == "start":
+            experiment = client.get_experiment_by_name(event["experiment"])
+            experiment_id = (experiment.experiment_id if experiment else client.create_experiment(event["experiment"]))
+            run_id = client.create_run(experiment_id, start_time=event["time"], run_name=event["run_name"],
+                                       tags={**event["tags"], "poisonlab.run_key": key}).info.run_id
+            params = [Param(k, v) for k, v in event["params"].items()]
+            for i in range(0, len(params), MAX_BATCH):
+                client.log_batch(run_id, params=params[i:i + MAX_BATCH])
+        elif run_id is None:
+            logger.warning("journal %s: no start line; skipped", path)
+            return 0
+        elif event["event"] == "process":
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in event["tags"].items()])
+            if "poisonlab.resumable" in client.get_run(run_id).data.tags:  # closed as killed; live again now
+                client.delete_tag(run_id, "poisonlab.resumable")
+        elif event["event"] == "metrics":
+            step = event.get("step", 0)
+            client.log_batch(run_id, metrics=[Metric(k, v, event["time"], step) for k, v in event["metrics"].items()])
+        elif event["event"] == "end":
+            client.set_terminated(run_id, status=event["status"], end_time=event["time"])
+        state = {"run_id": run_id, "lines": number + 1}
+        ended = event.get("status") if event["event"] == "end" else None
+    if ended == "FINISHED":  # nothing appends to a finished run's journal again
+        path.unlink()
+        state_path.unlink(missing_ok=True)
+    elif events:
+        write_json(state_path, state)
+    return len(events)
+
+
+def mlflow_run_id(key: str) -> str | None:
+    """The id of the MLflow run a record's ``run_key`` names (after a ``sync``), or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri())
+    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("poisonlab/")]
+    runs = client.search_runs(experiments, filter_string=f"tags.`poisonlab.run_key` = '{key}'") if experiments else []
+    return runs[0].info.run_id if runs else None
+
+
+def sync_in_background(interval: float = SYNC_SECONDS) -> threading.Event:
+    """Sync every ``interval`` seconds from a daemon thread until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                sync()
+            except Exception as error:  # a failed sync is retried at the next tick and at the DAG's end
+                logger.warning("MLflow sync failed (retried): %s", error)
+
+    threading.Thread(target=loop, name="poisonlab-mlflow-sync", daemon=True).start()
+    return stop
 
 
 # ---------------------------------------------------------------- runs killed with their job
@@ -169,13 +343,13 @@ def _alive(tags: dict[str, str], slurm_jobs: set[str] | None) -> bool:
     return tags.get("poisonlab.host") == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
 
 
-def _resumable_ids(results: str | os.PathLike | None) -> set[str]:
-    """Ids of the runs a rerun resumes: each folder under ``results`` holding ``checkpoint.pt`` names its run in
-    ``mlflow_run_id`` (the convention of every resumable run: training, segmentation, few-shot, SSL, editing)."""
+def _resumable_keys(results: str | os.PathLike | None) -> set[str]:
+    """Keys of the runs a rerun resumes: each folder under ``results`` holding ``checkpoint.pt`` names its run in
+    ``run_key`` (the convention of every resumable run: training, segmentation, few-shot, SSL, editing)."""
     if results is None:
         return set()
-    return {id_file.read_text().strip() for id_file in Path(results).rglob("mlflow_run_id")
-            if (id_file.parent / "checkpoint.pt").exists()}
+    return {key_file.read_text().strip() for key_file in Path(results).rglob("run_key")
+            if (key_file.parent / "checkpoint.pt").exists()}
 
 
 def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
@@ -193,32 +367,9 @@ def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
     running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000)
     slurm_jobs = _slurm_jobs() if any(run.data.tags.get("poisonlab.slurm_job_id") for run in running) else None
     stale = [run.info.run_id for run in running if not _alive(run.data.tags, slurm_jobs)]
-    resumable = _resumable_ids(results) if stale else set()  # a walk of the results: only when needed
+    resumable = _resumable_keys(results) if stale else set()  # a walk of the results: only when needed
+    keys = {run.info.run_id: run.data.tags.get("poisonlab.run_key") for run in running}
     for run_id in stale:
-        client.set_tag(run_id, "poisonlab.resumable", str(run_id in resumable).lower())
+        client.set_tag(run_id, "poisonlab.resumable", str(keys[run_id] in resumable).lower())
         client.set_terminated(run_id, status="KILLED")
     return stale
-
-
-# ---------------------------------------------------------------- one run
-
-
-@contextmanager
-def mlflow_run(*, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str],
-               run_id: str | None = None) -> Iterator[MlflowRun]:
-    """Start (or, given ``run_id``, resume) a run; a failure marks it FAILED, not FINISHED.
-
-    Every start tags the run with its process (host, pid, Slurm job), which ``close_stale_runs`` probes.
-    """
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
-        if run_id is None:
-            mlflow.log_params(params)
-            mlflow.set_tags(tags)
-        mlflow.set_tags(process_tags())
-        if "poisonlab.resumable" in run.data.tags:  # closed as killed at a DAG's start; live again now
-            mlflow.delete_tag("poisonlab.resumable")
-        yield MlflowRun(run.info.run_id)

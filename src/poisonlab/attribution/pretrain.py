@@ -4,7 +4,7 @@ It lives in ``out_dir`` (the DAG's ``results/attribution/{dataset}/ssl/{method}/
 and behaves as a ``train`` run does (``training.run``): the training images stay on the device as
 uint8, an epoch is a seeded permutation in batches, two views of each batch are drawn on the device,
 and after every epoch ``checkpoint.pt`` (model with its momentum encoder and memory bank, optimiser,
-schedule, generator, history) and ``mlflow_run_id`` let a killed run resume into the same MLflow run.
+schedule, generator, history) and ``run_key`` let a killed run resume into the same MLflow run.
 Each epoch's row holds the SSL loss and the kNN monitor's test accuracy; ``metrics.json`` is written
 last, so its presence means the backbone is done.
 """
@@ -35,7 +35,7 @@ def pretrain_ssl(dataset: ImageDataset, config: SSLConfig, out_dir: str | os.Pat
     """Train ``config.method`` on ``dataset``'s training images (labels only for the kNN monitor)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, run_id_path = out_dir / "checkpoint.pt", out_dir / "mlflow_run_id"
+    checkpoint_path = out_dir / "checkpoint.pt"
     torch_device = pick_device(device)
     recipe = config.scaled_recipe()
     precision = resolve_precision(recipe.precision, torch_device)
@@ -61,19 +61,15 @@ def pretrain_ssl(dataset: ImageDataset, config: SSLConfig, out_dir: str | os.Pat
         scheduler.load_state_dict(checkpoint["scheduler"])
         generator.set_state(checkpoint["generator"])
         history, resumed_seconds = checkpoint["history"], checkpoint["wall_seconds"]
-    else:
-        run_id_path.unlink(missing_ok=True)
 
     name = f"{dataset_name}/ssl/{config.method}/{config.arch}/seed{seed}"
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
             "stage": "ssl-pretrain"}
     params = {"method": config.method, "arch": config.arch, "seed": seed, **config.method_options,
               **{f"views.{k}": v for k, v in config.to_dict()["views"].items()}, **recipe.to_dict()}
-    resume_id = run_id_path.read_text().strip() if checkpoint is not None and run_id_path.exists() else None
     started = time.perf_counter()
-    with tracking.mlflow_run(experiment=tracking.experiment_name(dataset_name), run_name=name, params=params,
-                             tags=tags, run_id=resume_id) as run:
-        run_id_path.write_text(run.run_id)
+    with tracking.tracked_run(out_dir, resume=checkpoint is not None, experiment=tracking.experiment_name(dataset_name),
+                              run_name=name, params=params, tags=tags) as run:
         for epoch in tqdm(range(len(history) + 1, recipe.epochs + 1), desc="ssl epochs", disable=not progress):
             epoch_started = time.perf_counter()
             model.train()
@@ -99,7 +95,7 @@ def pretrain_ssl(dataset: ImageDataset, config: SSLConfig, out_dir: str | os.Pat
             "dataset": dataset_name, "method": config.method, "arch": config.arch, "seed": seed,
             "epochs": recipe.epochs, "final_ssl_loss": history[-1]["ssl_loss"], "knn_acc": history[-1]["knn_acc"],
             "history": history, "wall_seconds": resumed_seconds + time.perf_counter() - started,
-            "device": str(torch_device), "precision": precision, "mlflow_run_id": run.run_id,
+            "device": str(torch_device), "precision": precision, "run_key": run.key,
             "git_commit": tags["git_commit"], "config": config.to_dict(), "dataset_sha256": data_sha256,
             "feature_dim": int(feature_dim),
             "versions": {k.removeprefix("version."): v for k, v in tags.items() if k.startswith("version.")},
@@ -110,7 +106,6 @@ def pretrain_ssl(dataset: ImageDataset, config: SSLConfig, out_dir: str | os.Pat
                       image_size=height, mean=data.mean, std=data.std)
         write_json(out_dir / "metrics.json", record)
     checkpoint_path.unlink()
-    run_id_path.unlink()
     return record
 
 

@@ -17,7 +17,7 @@ Choices (this project's, none from the paper):
 
 Training follows the project's runs (``training.run``): ``checkpoint.pt`` every ``steps_per_epoch``
 steps (``training.loop.load_checkpoint`` discards one of another configuration), resumed into the
-same MLflow run (``mlflow_run_id`` beside it), precision from the hardware (``resolve_precision``,
+same MLflow run (``run_key`` beside it), precision from the hardware (``resolve_precision``,
 ``autocast``), and ``model.pt`` + ``metrics.json`` written last, atomically.
 """
 
@@ -109,7 +109,7 @@ def train_small_autoencoder(run_dir: str | os.PathLike, *, steps: int = 800, ste
         raise ConfigError(f"small-ae training: crop must be a multiple of 8 and at most pool_size; got {crop}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, run_id_path = run_dir / "checkpoint.pt", run_dir / "mlflow_run_id"
+    checkpoint_path = run_dir / "checkpoint.pt"
     torch_device = pick_device(device)
     resolved = resolve_precision(precision, torch_device)
     options = {"steps": steps, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size, "crop": crop,
@@ -126,9 +126,7 @@ def train_small_autoencoder(run_dir: str | os.PathLike, *, steps: int = 800, ste
     history: list[dict[str, float]] = []
     resumed_seconds = 0.0
     checkpoint = load_checkpoint(checkpoint_path, fingerprint)
-    if checkpoint is None:
-        run_id_path.unlink(missing_ok=True)  # no MLflow run of another configuration is resumed
-    else:
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["scheduler"])
@@ -136,11 +134,10 @@ def train_small_autoencoder(run_dir: str | os.PathLike, *, steps: int = 800, ste
         history, resumed_seconds = checkpoint["history"], checkpoint["wall_seconds"]
 
     tags = {**tracking.environment_tags(), "precision_resolved": resolved, "autoencoder": "small-ae"}
-    resume_id = run_id_path.read_text().strip() if checkpoint is not None and run_id_path.exists() else None
     started = time.perf_counter()
-    with tracking.mlflow_run(experiment=tracking.experiment_name("skimage-photos"), run_name=f"small-ae/seed{seed}",
-                             params=options, tags=tags, run_id=resume_id) as mlflow_run:
-        run_id_path.write_text(mlflow_run.run_id)
+    with tracking.tracked_run(run_dir, resume=checkpoint is not None,
+                              experiment=tracking.experiment_name("skimage-photos"), run_name=f"small-ae/seed{seed}",
+                              params=options, tags=tags) as tracked:
         model.train()
         epochs = -(-steps // steps_per_epoch)
         for epoch in range(len(history) + 1, epochs + 1):
@@ -162,14 +159,13 @@ def train_small_autoencoder(run_dir: str | os.PathLike, *, steps: int = 800, ste
             torch_save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": schedule.state_dict(), "generator": generator.get_state(), "history": history,
                         "wall_seconds": resumed_seconds + time.perf_counter() - started}, checkpoint_path)
-            mlflow_run.log_epoch(row)
+            tracked.log_epoch(row)
         record = {"autoencoder": "small-ae", **options, "precision": resolved, "history": history,
                   "final_train_psnr": history[-1]["train_psnr"],
                   "wall_seconds": resumed_seconds + time.perf_counter() - started, "device": str(torch_device),
-                  "mlflow_run_id": mlflow_run.run_id, "git_commit": tags["git_commit"], "photos": source.meta}
-        mlflow_run.log_summary({"final_train_psnr": record["final_train_psnr"], "wall_seconds": record["wall_seconds"]})
+                  "run_key": tracked.key, "git_commit": tags["git_commit"], "photos": source.meta}
+        tracked.log_summary({"final_train_psnr": record["final_train_psnr"], "wall_seconds": record["wall_seconds"]})
         torch_save(model.state_dict(), run_dir / "model.pt")
         write_json(run_dir / "metrics.json", record)
     checkpoint_path.unlink()
-    run_id_path.unlink()
     return record

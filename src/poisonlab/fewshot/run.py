@@ -1,7 +1,7 @@
 """Few-shot runs end to end: a container in, ``model.pt`` + ``metrics.json`` + an MLflow run out; evaluations.
 
 The same guarantees as ``training.run.train_run``: while a run trains, ``checkpoint.pt`` (with a fingerprint
-of everything that changes its result) and ``mlflow_run_id`` sit in its folder, so a killed run resumes
+of everything that changes its result) and ``run_key`` sit in its folder, so a killed run resumes
 into the same MLflow run; ``metrics.json`` is written last, atomically, and only when training finished, so
 its presence means the run is done. A checkpoint of another configuration is deleted and the run starts over.
 
@@ -68,7 +68,7 @@ def train_fewshot_run(spec: FewShotRunSpec, recipe: FewShotRecipe, data_path: st
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, run_id_path = run_dir / "checkpoint.pt", run_dir / "mlflow_run_id"
+    checkpoint_path = run_dir / "checkpoint.pt"
     method_options = dict(method_options or {})
     method = build_method(spec.method, method_options)
     if (method.starts_from is None) != (init_weights is None):
@@ -93,20 +93,18 @@ def train_fewshot_run(spec: FewShotRunSpec, recipe: FewShotRecipe, data_path: st
     fingerprint = {**dataclasses.asdict(spec), "arch": method.arch, "recipe_config": recipe.to_dict(),
                    "method_options": method_options, "split": split, "pad_to": pad_to, "data_sha256": data_sha256,
                    "init_sha256": init_sha256, "precision": precision}
-    if load_checkpoint(checkpoint_path, fingerprint) is None:
-        run_id_path.unlink(missing_ok=True)  # a fresh start (a stale checkpoint deleted): no MLflow run reused
+    # A stale attempt's checkpoint is deleted here: a fresh start reuses no MLflow run of it.
+    resume = load_checkpoint(checkpoint_path, fingerprint) is not None
 
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
             "source_checksum": dataset.source_checksum, "paper": "autoprotonet",
             **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
     params = {**dataclasses.asdict(spec), "arch": method.arch, "split": split, "pad_to": pad_to,
               **recipe.to_dict(), "method_options": method_options}
-    resume_id = run_id_path.read_text().strip() if checkpoint_path.exists() and run_id_path.exists() else None
-    with tracking.mlflow_run(experiment=tracking.experiment_name(spec.dataset), run_name=spec.name, params=params,
-                             tags=tags, run_id=resume_id) as mlflow_run:
-        run_id_path.write_text(mlflow_run.run_id)
+    with tracking.tracked_run(run_dir, resume=resume, experiment=tracking.experiment_name(spec.dataset),
+                              run_name=spec.name, params=params, tags=tags) as tracked:
         result = fit_episodes(model, method, pools, recipe, seed=spec.seed, checkpoint_path=checkpoint_path,
-                              fingerprint=fingerprint, on_epoch=mlflow_run.log_epoch, progress=progress)
+                              fingerprint=fingerprint, on_epoch=tracked.log_epoch, progress=progress)
         last = result.history[-1]
         record = {
             **dataclasses.asdict(spec),
@@ -123,7 +121,7 @@ def train_fewshot_run(spec: FewShotRunSpec, recipe: FewShotRecipe, data_path: st
             "wall_seconds": result.wall_seconds,
             "device": result.device,
             "precision": result.precision,
-            "mlflow_run_id": mlflow_run.run_id,
+            "run_key": tracked.key,
             "git_commit": tags["git_commit"],
             "recipe_config": recipe.to_dict(),
             "method_options": method_options,
@@ -134,12 +132,11 @@ def train_fewshot_run(spec: FewShotRunSpec, recipe: FewShotRecipe, data_path: st
             "slurm_job_id": tags["slurm_job_id"],
             "versions": {k.removeprefix("version."): v for k, v in tags.items() if k.startswith("version.")},
         }
-        mlflow_run.log_summary({"final_train_loss": last["train_loss"], "wall_seconds": result.wall_seconds,
+        tracked.log_summary({"final_train_loss": last["train_loss"], "wall_seconds": result.wall_seconds,
                                 "selected_epoch": result.selected_epoch})
         torch_save(model.state_dict(), run_dir / "model.pt")
         write_json(run_dir / "metrics.json", record)
     checkpoint_path.unlink()
-    run_id_path.unlink()
     return record
 
 

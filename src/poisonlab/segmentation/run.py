@@ -76,7 +76,7 @@ def train_segmentation(spec: SegRunSpec, recipe: Recipe, data_path: str | os.Pat
     """Train ``spec.arch`` by ``spec.procedure`` on a segmentation container; ``metrics.json`` is written last."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, run_id_path = run_dir / "checkpoint.pt", run_dir / "mlflow_run_id"
+    checkpoint_path = run_dir / "checkpoint.pt"
     procedure_options, model_options = dict(procedure_options or {}), dict(model_options or {})
     procedure = SEG_PROCEDURES.build(spec.procedure, **procedure_options)  # bad options fail before loading data
     dataset = SegmentationDataset.load(data_path)
@@ -90,19 +90,17 @@ def train_segmentation(spec: SegRunSpec, recipe: Recipe, data_path: str | os.Pat
     data = device_data(dataset, torch_device)
     fingerprint = {**dataclasses.asdict(spec), "recipe_config": recipe.to_dict(), "data_sha256": data_sha256,
                    "procedure_options": procedure_options, "model_options": model_options, "precision": precision}
-    if load_checkpoint(checkpoint_path, fingerprint) is None:
-        run_id_path.unlink(missing_ok=True)  # a fresh start: no MLflow run of an earlier attempt is reused
+    # A stale attempt's checkpoint is deleted here: a fresh start reuses no MLflow run of it.
+    resume = load_checkpoint(checkpoint_path, fingerprint) is not None
 
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
             **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
     params = {**dataclasses.asdict(spec), **recipe.to_dict(), "procedure_options": procedure_options,
               "model_options": model_options}
-    resume_id = run_id_path.read_text().strip() if checkpoint_path.exists() and run_id_path.exists() else None
-    with tracking.mlflow_run(experiment=tracking.experiment_name(spec.dataset), run_name=spec.name, params=params,
-                             tags=tags, run_id=resume_id) as mlflow_run:
-        run_id_path.write_text(mlflow_run.run_id)
+    with tracking.tracked_run(run_dir, resume=resume, experiment=tracking.experiment_name(spec.dataset),
+                              run_name=spec.name, params=params, tags=tags) as tracked:
         result = fit(model, data, recipe, seed=spec.seed, checkpoint_path=checkpoint_path, fingerprint=fingerprint,
-                     on_epoch=mlflow_run.log_epoch, progress=progress, defense=procedure.defense,
+                     on_epoch=tracked.log_epoch, progress=progress, defense=procedure.defense,
                      metric=segmentation_metric)
         peak = result.peak
         record = {
@@ -110,18 +108,17 @@ def train_segmentation(spec: SegRunSpec, recipe: Recipe, data_path: str | os.Pat
             "final_test_acc": result.final_test_acc, "final_test_miou": result.history[-1]["test_miou"],
             "peak_test_acc": peak["test_acc"], "peak_epoch": int(peak["epoch"]), "history": result.history,
             "wall_seconds": result.wall_seconds, "device": result.device, "precision": result.precision,
-            "mlflow_run_id": mlflow_run.run_id, "git_commit": tags["git_commit"], "recipe_config": recipe.to_dict(),
+            "run_key": tracked.key, "git_commit": tags["git_commit"], "recipe_config": recipe.to_dict(),
             "procedure_options": procedure_options, "model_options": model_options, "dataset_sha256": data_sha256,
             "num_classes": dataset.num_classes, "in_channels": in_channels,
             "normalization": {"mean": data.mean.flatten().tolist(), "std": data.std.flatten().tolist()},
             "data_meta": dataset.meta,
             "versions": {k.removeprefix("version."): v for k, v in tags.items() if k.startswith("version.")},
         }
-        mlflow_run.log_summary({k: record[k] for k in ("final_test_acc", "final_test_miou", "wall_seconds")})
+        tracked.log_summary({k: record[k] for k in ("final_test_acc", "final_test_miou", "wall_seconds")})
         torch_save(procedure.deploy(model), run_dir / "model.pt")
         write_json(run_dir / "metrics.json", record)
     checkpoint_path.unlink()
-    run_id_path.unlink()
     return record
 
 

@@ -3,9 +3,10 @@
 A run lives in ``results/runs/{dataset}/{poison}/{defense}/{arch}/{recipe}/seed{seed}/``,
 with the weights after every ``keep_weights_every``-th epoch in ``epochs/`` (for DFR).
 A data-level defense reached the run as its sanitized container, so it trains
-plainly; a training-time defense is built here from its name and options. While it trains, ``checkpoint.pt`` and ``mlflow_run_id`` sit in that folder so
-a killed run resumes, into the same MLflow run; ``metrics.json`` is written
-last and only when training finished, so its presence means the run is done.
+plainly; a training-time defense is built here from its name and options. While it trains,
+``checkpoint.pt`` and ``run_key`` sit in that folder so a killed run resumes, into the same MLflow
+run; ``metrics.json`` is written last and only when training finished, so its presence means the run
+is done.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
               keep_weights_every: int = 1) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, run_id_path = run_dir / "checkpoint.pt", run_dir / "mlflow_run_id"
+    checkpoint_path = run_dir / "checkpoint.pt"
     weights_dir = run_dir / "epochs"
     defense_options = dict(defense_options or {})
     defense = build_defense(spec.defense, defense_options)
@@ -73,20 +74,17 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     checkpoint = load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is None:
         # A fresh start (or a stale attempt's checkpoint, deleted): no epoch or MLflow run of it is reused.
-        run_id_path.unlink(missing_ok=True)
         shutil.rmtree(weights_dir, ignore_errors=True)
 
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
             "source_checksum": dataset.source_checksum, **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
     params = {**dataclasses.asdict(spec), **recipe.to_dict(), "defense_options": defense_options}
-    resume_id = run_id_path.read_text().strip() if checkpoint_path.exists() and run_id_path.exists() else None
-    with tracking.mlflow_run(experiment=tracking.experiment_name(spec.dataset), run_name=spec.name, params=params,
-                             tags=tags, run_id=resume_id) as mlflow_run:
-        run_id_path.write_text(mlflow_run.run_id)
+    with tracking.tracked_run(run_dir, resume=checkpoint is not None, experiment=tracking.experiment_name(spec.dataset),
+                              run_name=spec.name, params=params, tags=tags) as tracked:
         if checkpoint is not None:
-            mlflow_run.log_missing_epochs(checkpoint["history"])
+            tracked.log_missing_epochs(checkpoint["history"])
         result = fit(model, data, recipe, seed=spec.seed, checkpoint_path=checkpoint_path,
-                     fingerprint=fingerprint, on_epoch=mlflow_run.log_epoch, progress=progress, defense=defense,
+                     fingerprint=fingerprint, on_epoch=tracked.log_epoch, progress=progress, defense=defense,
                      weights_dir=weights_dir, keep_weights_every=keep_weights_every)
         peak = result.peak
         record = {
@@ -99,7 +97,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
             "wall_seconds": result.wall_seconds,
             "device": result.device,
             "precision": result.precision,
-            "mlflow_run_id": mlflow_run.run_id,
+            "run_key": tracked.key,
             "git_commit": tags["git_commit"],
             "recipe_config": recipe.to_dict(),
             "defense_options": defense_options,
@@ -110,10 +108,9 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
             "slurm_job_id": tags["slurm_job_id"],
             "versions": {k.removeprefix("version."): v for k, v in tags.items() if k.startswith("version.")},
         }
-        mlflow_run.log_summary({k: record[k] for k in ("final_test_acc", "peak_test_acc", "peak_epoch",
+        tracked.log_summary({k: record[k] for k in ("final_test_acc", "peak_test_acc", "peak_epoch",
                                                        "wall_seconds")})
         torch_save(model.state_dict(), run_dir / "model.pt")
         write_json(run_dir / "metrics.json", record)
     checkpoint_path.unlink()
-    run_id_path.unlink()
     return record
