@@ -27,8 +27,18 @@ include: "rules/tables.smk"
 include: "rules/figures.smk"
 
 
+# Tables and figures read a few json files: on a cluster they run here, not through the queue.
 localrules:
     all_tables,
+    table,
+    paper_figure,
+
+
+# On a cluster, a run and its evaluations are one group ("runs"); `--group-components runs=N` packs N
+# of them into one Slurm job (profiles/slurm/config.yaml, README "Slurm"). The GPU limit (`--resources
+# gpu=N`) is then per submitted job: its runs share its GPUs, in series where they exceed them.
+resource_scopes:
+    gpu="local",
 
 
 rule all_tables:

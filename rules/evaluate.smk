@@ -13,6 +13,8 @@ rule evaluate:
         f"logs/evaluate/{RUN_DIR}/{{evaluation}}.log",
     benchmark:
         f"logs/evaluate/{RUN_DIR}/{{evaluation}}.benchmark.tsv",
+    group:
+        "runs"
     threads: config["resources"]["evaluate"].get("cpus", 1)
     resources:
         gpu=config["resources"]["evaluate"]["gpu"],

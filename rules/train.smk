@@ -13,6 +13,8 @@ rule train:
     benchmark:
         f"logs/train/{RUN_DIR}.benchmark.tsv",
     threads: config["resources"]["train"].get("cpus", 1)
+    group:
+        "runs"
     resources:
         gpu=config["resources"]["train"]["gpu"],
         runtime=config["resources"]["train"]["runtime"],
