@@ -183,3 +183,22 @@ def test_sync_replays_each_line_once_and_skips_a_line_cut_by_a_kill(store, tmp_p
     history = client.get_metric_history(run_id, "test_acc")
     assert sorted((m.step, m.value) for m in history) == [(1, 50.0), (2, 60.0)]
     assert client.get_run(run_id).data.params == {"lr": "0.1"} and client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_evaluation_lands_in_its_runs_mlflow_run_and_experiments_open_as_model_training(store, tmp_path):
+    import mlflow
+
+    with tracking.tracked_run(tmp_path, resume=False, experiment=tracking.experiment_name("quadrants"),
+                              run_name="cell", params={}, tags={}) as run:
+        run.log_summary({"final_test_acc": 91.0})
+    (tmp_path / "metrics.json").write_text(json.dumps({"run_key": run.key}))
+    # The evaluation job's results, attached before the run itself reached MLflow: replayed after it.
+    tracking.log_results(tmp_path, "dfr", {"final": {"test_acc_after": 88.5, "epoch": 4}, "epochs": [{"x": 1}],
+                                           "method": "lbfgs"})
+    assert tracking.sync() == 4 + 2  # the run (start, process, summary, end); the attachment (attach, metrics)
+    client = mlflow.MlflowClient(store)
+    metrics = client.get_run(tracking.mlflow_run_id(run.key)).data.metrics
+    assert metrics == {"final_test_acc": 91.0, "dfr.final.test_acc_after": 88.5, "dfr.final.epoch": 4.0}
+    assert not list(tracking.journal_dir().glob("*.jsonl"))
+    experiment = client.get_experiment_by_name(tracking.experiment_name("quadrants"))
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

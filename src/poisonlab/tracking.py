@@ -57,7 +57,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from poisonlab.atomic import write_json
+from poisonlab.atomic import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +112,24 @@ def init_store(experiments: list[str] = ()) -> str:
 
     client = mlflow.MlflowClient(tracking_uri())
     for name in experiments:
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name)
+        experiment_id(client, name)
     client.search_experiments(max_results=1)  # an empty list still creates the store
     return tracking_uri()
+
+
+# MLflow 3's UI opens an experiment in the view its kind names; without the tag it may guess GenAI.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created (as a model-training experiment) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, tags=EXPERIMENT_TAGS)
+    if "mlflow.experimentKind" not in experiment.tags:  # one made by an older poisonlab
+        client.set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind",
+                                  EXPERIMENT_TAGS["mlflow.experimentKind"])
+    return experiment.experiment_id
 
 
 def journal_dir() -> Path:
@@ -226,7 +240,8 @@ def sync() -> int:
     replayed = 0
     with open(folder / ".sync.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for path in sorted(folder.glob("*.jsonl")):
+        # A run's own journal (<key>.jsonl) before the results attached to it (<key>.<name>.jsonl).
+        for path in sorted(folder.glob("*.jsonl"), key=lambda path: (path.name.count("."), path.name)):
             replayed += _replay(client, path)
     return replayed
 
@@ -235,7 +250,7 @@ def _replay(client: Any, path: Path) -> int:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
 
-    key, state_path = path.stem, path.with_suffix(".synced")
+    key, state_path = path.name.split(".")[0], path.with_suffix(".synced")
     state = json.loads(state_path.read_text()) if state_path.exists() else {"run_id": None, "lines": 0}
     if state["run_id"] is not None:
         try:
@@ -246,13 +261,16 @@ def _replay(client: Any, path: Path) -> int:
     run_id, ended = state["run_id"], None
     for number, event in events:
         if event["event"] == "start":
-            experiment = client.get_experiment_by_name(event["experiment"])
-            experiment_id = (experiment.experiment_id if experiment else client.create_experiment(event["experiment"]))
-            run_id = client.create_run(experiment_id, start_time=event["time"], run_name=event["run_name"],
+            run_id = client.create_run(experiment_id(client, event["experiment"]), start_time=event["time"],
+                                       run_name=event["run_name"],
                                        tags={**event["tags"], "poisonlab.run_key": key}).info.run_id
             params = [Param(k, v) for k, v in event["params"].items()]
             for i in range(0, len(params), MAX_BATCH):
                 client.log_batch(run_id, params=params[i:i + MAX_BATCH])
+        elif event["event"] == "attach":  # another job's results for a run whose journal was replayed
+            run_id = mlflow_run_id(key)
+            if run_id is None:
+                return 0  # its run is not in MLflow yet: the next sync replays it
         elif run_id is None:
             logger.warning("journal %s: no start line; skipped", path)
             return 0
@@ -268,12 +286,38 @@ def _replay(client: Any, path: Path) -> int:
             client.set_terminated(run_id, status=event["status"], end_time=event["time"])
         state = {"run_id": run_id, "lines": number + 1}
         ended = event.get("status") if event["event"] == "end" else None
-    if ended == "FINISHED":  # nothing appends to a finished run's journal again
+    if ended == "FINISHED" or (events and events[0][1]["event"] == "attach"):  # nothing appends to these again
         path.unlink()
         state_path.unlink(missing_ok=True)
     elif events:
         write_json(state_path, state)
     return len(events)
+
+
+def log_results(run_dir: str | os.PathLike, name: str, results: dict[str, Any]) -> None:
+    """Attach a finished run's later results (an evaluation's json) to its MLflow run, as metrics ``name.<key>``.
+
+    The run is named by its folder's ``metrics.json`` (``run_key``). The journal, ``<key>.<name>.jsonl``, is
+    written whole (atomically), so a sync never sees half of it.
+    """
+    key = json.loads((Path(run_dir) / "metrics.json").read_text()).get("run_key")
+    if key is None:
+        return  # a record from before run keys: nothing to attach to
+    metrics = {f"{name}.{path}": value for path, value in _numbers(results)}
+    lines = [{"event": "attach", "time": _now_ms()}, {"event": "metrics", "time": _now_ms(), "metrics": metrics}]
+    path = journal_dir() / f"{key}.{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted path, value) of every number in nested dicts (lists, such as per-epoch rows, are left out)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield prefix, float(tree)
 
 
 def mlflow_run_id(key: str) -> str | None:

@@ -8,6 +8,7 @@ start_job(snakemake.log[0])
 
 import torch
 
+from poisonlab import tracking
 from poisonlab.atomic import write_json
 from poisonlab.evaluation import evaluate_run
 from poisonlab.training import pick_device
@@ -17,3 +18,4 @@ result = evaluate_run(snakemake.wildcards.evaluation, Path(snakemake.input.metri
                       training_data=snakemake.input.training_data, clean_data=snakemake.input.clean_data,
                       options=snakemake.params.options, device=pick_device(snakemake.params.device))
 write_json(snakemake.output[0], result)
+tracking.log_results(Path(snakemake.input.metrics).parent, snakemake.wildcards.evaluation, result)
