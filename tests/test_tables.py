@@ -65,3 +65,33 @@ def test_every_baselines_table_is_the_same_bytes_as_before(scratch_repo, workflo
     assert made == sorted(f"{table}.{ext}" for table in TABLES for ext in ("csv", "md", "tex"))
     for name in made:
         assert (scratch_repo / "paper/baselines/tables" / name).read_text() == (EXPECTED / name).read_text(), name
+
+
+def test_latex_tables_escape_the_labels_papers_use(tmp_path):
+    import shutil
+    import subprocess
+
+    import polars as pl
+
+    from poisonlab.reporting.tables import render_latex
+
+    labels = ["at-linf-8/255", "L∞ ε<8 × 2", "50% & more_x", "#1 {a} ~^$\\", "≥ 3 → –"]
+    table = pl.DataFrame({
+        "table": "t", "row": labels, "column": ["acc_≤1"] * len(labels), "dataset": "d_1", "scale": "embedded",
+        "metric": "final_test_acc", "ours": [1.0, 2.0, 3.0, float("nan"), 5.0], "ours_std": None, "n_seeds": 1,
+        "reported": [None, 87.0, None, None, None], "reported_bound": [None, ">", None, None, None],
+    })
+    tex = render_latex(table, title="A_title & 100%")
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    assert r"L$\infty$ $\varepsilon$\textless{}8 $\times$ 2" in body and r"50\% \& more\_x" in body
+    assert r"\#1 \{a\} \textasciitilde{}\textasciicircum{}\$\textbackslash{}" in body
+    assert r"(\textgreater{}87.00)" in body and r"$\geq$ 3 $\to$ --" in body
+    assert r"\caption{A\_title \& 100\%: d\_1" in tex
+    assert not any(ord(char) > 127 for char in tex)  # pdflatex's default input sets no Unicode
+    if shutil.which("pdflatex") is None:
+        return  # the escapes are checked above; compiling needs texlive-latex-base (+ booktabs)
+    (tmp_path / "t.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
+                                    + tex + "\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]

@@ -90,7 +90,7 @@ def build_table(cells: Sequence[Cell]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
-def _cell_text(row: dict, *, plus_minus: str, latex: bool = False) -> str:
+def _cell_text(row: dict, *, plus_minus: str) -> str:
     if row["ours"] is None or math.isnan(row["ours"]):
         return "–"  # e.g. a training loss that never fell below the threshold
     # Epoch counts are whole numbers a seed: one decimal keeps a mean over seeds without "5.00".
@@ -100,15 +100,14 @@ def _cell_text(row: dict, *, plus_minus: str, latex: bool = False) -> str:
         text += f"{plus_minus}{row['ours_std']:.{digits}f}"
     if row["reported"] is not None:
         bound = row.get("reported_bound") or ""
-        text += f" ({f'${bound}$' if latex and bound else bound}{row['reported']:.2f})"  # LaTeX sets > in math
+        text += f" ({bound}{row['reported']:.2f})"
     return text
 
 
-def _wide(table: pl.DataFrame, plus_minus: str, latex: bool = False
-          ) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
+def _wide(table: pl.DataFrame, plus_minus: str) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
     rows = list(dict.fromkeys(table["row"]))
     columns = list(dict.fromkeys(table["column"]))
-    texts = {(r["row"], r["column"]): _cell_text(r, plus_minus=plus_minus, latex=latex)
+    texts = {(r["row"], r["column"]): _cell_text(r, plus_minus=plus_minus)
              for r in table.iter_rows(named=True)}
     return rows, columns, texts
 
@@ -127,15 +126,26 @@ def render_markdown(table: pl.DataFrame, title: str | None = None) -> str:
     return f"{_caption(table, title)}\n\n" + "\n".join(lines) + "\n"
 
 
-def render_latex(table: pl.DataFrame, title: str | None = None) -> str:
-    rows, columns, texts = _wide(table, plus_minus=r" $\pm$ ", latex=True)
+# What LaTeX reads as markup, and the Unicode the papers' labels use that pdflatex cannot set as text.
+LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+    "∞": r"$\infty$", "±": r"$\pm$", "×": r"$\times$", "ε": r"$\varepsilon$", "≤": r"$\leq$", "≥": r"$\geq$",
+    "→": r"$\to$", "–": "--", "—": "---", "·": r"$\cdot$", "ℓ": r"$\ell$",
+}
 
-    def escape(text: str) -> str:
-        return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+def escape(text: str) -> str:
+    """``text`` as LaTeX sets it literally (labels such as ``at-linf-8/255``, ``L∞ ε<8``, ``50% & more``)."""
+    return "".join(LATEX_ESCAPES.get(char, char) for char in text)
+
+
+def render_latex(table: pl.DataFrame, title: str | None = None) -> str:
+    rows, columns, texts = _wide(table, plus_minus=" ± ")
 
     body = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{l{'c' * len(columns)}}}", r"\toprule",
             " & ".join(["", *map(escape, columns)]) + r" \\", r"\midrule"]
-    body += [" & ".join([escape(row), *(texts.get((row, c), "") for c in columns)]) + r" \\" for row in rows]
+    body += [" & ".join([escape(row), *(escape(texts.get((row, c), "")) for c in columns)]) + r" \\" for row in rows]
     body += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{escape(_caption(table, title))}}}", r"\end{table}"]
     return "\n".join(body) + "\n"
 
