@@ -1,13 +1,10 @@
 """Snakemake adapter: train one run into the folder of its metrics.json."""
 
-import logging
-import sys
 from pathlib import Path
 
 from poisonlab.job import start_job
 
 start_job(snakemake.log[0], append=True)  # a resumed run keeps the log of the killed one
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 import torch
 
