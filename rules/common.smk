@@ -212,3 +212,232 @@ def get_paper_outputs(slug):
 def get_all_tables():
     """The baselines tables asked for in ``tables``, then every paper's tables and figures."""
     return [path for slug in GRIDS for path in get_paper_outputs(slug)]
+
+
+# ---------------------------------------------------------------- ssl-attribution's attribution stage (rules/attribution.smk)
+import dataclasses
+
+from poisonlab.attribution import ATTRIBUTORS, KINDS, SSL_METHODS
+from poisonlab.attribution import dag as attribution_dag
+from poisonlab.attribution.dag import PARTS, AttributionSettings
+
+try:
+    ATTRIBUTION = AttributionSettings.from_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"config: {error}") from None
+SETTING = PATHS.attribution_dir()
+SSL_DIR = PATHS.ssl_dir()
+
+
+wildcard_constraints:
+    attributor=one_of(ATTRIBUTORS.names()),
+    kind=one_of(KINDS),
+    part=one_of(PARTS),
+    method=one_of(SSL_METHODS.names()),
+    ssl_arch=one_of(MODELS.names()),
+    shard=r"\d+",
+    target=r"\d+",
+
+
+def get_ssl_params(wildcards):
+    return {**ATTRIBUTION.ssl, "method": wildcards.method, "arch": wildcards.ssl_arch}
+
+
+def get_backbone(wildcards):
+    return attribution_dag.backbone(
+        PATHS, wildcards.dataset, wildcards.seed, ATTRIBUTION
+    )
+
+
+def get_reference_models(wildcards):
+    w = wildcards
+    return attribution_dag.reference_models(
+        PATHS, w.dataset, w.arch, w.recipe, ATTRIBUTION
+    )
+
+
+def get_targets_params(wildcards):
+    return {
+        "arch": wildcards.arch,
+        "support": ATTRIBUTION.targets,
+        "total": ATTRIBUTION.lds_targets,
+        "seed": int(wildcards.seed),
+        "precision": get_recipe(config, wildcards.recipe).precision,
+        "device": config["device"],
+    }
+
+
+def get_retrain_params(wildcards):
+    return {
+        "arch": wildcards.arch,
+        "recipe": get_recipe_config(wildcards),
+        "device": config["device"],
+    }
+
+
+def get_attributor_inputs(wildcards):
+    w = wildcards
+    return {
+        "data": PATHS.clean(w.dataset),
+        "targets": f"{PATHS.attribution_dir(w.dataset, w.arch, w.recipe, w.seed)}/targets.json",
+        **attribution_dag.attributor_inputs(
+            PATHS, w.dataset, w.arch, w.recipe, w.seed, w.attributor, ATTRIBUTION
+        ),
+    }
+
+
+def get_support_units(wildcards):
+    w = wildcards
+    return attribution_dag.support_units(
+        PATHS, w.dataset, w.arch, w.recipe, w.seed, w.attributor, w.kind, ATTRIBUTION
+    )
+
+
+def get_heldout_shards(wildcards):
+    w = wildcards
+    return attribution_dag.subset_shards(
+        PATHS, w.dataset, w.arch, w.recipe, w.seed, "heldout", ATTRIBUTION
+    )
+
+
+# ---------------------------------------------------------------- jpeg-photoguard's editing stage (rules/editing.smk)
+from poisonlab.editing import AUTOENCODERS, PHOTOSETS
+from poisonlab.editing.settings import CONTROL, TRAINED, EditingSettings, jpeg_quality
+
+try:
+    EDITING = EditingSettings.from_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"config: {error}") from None
+EDIT_DIR = PATHS.editing_dir()
+SMALL_AE_DIR = PATHS.autoencoder_dir(TRAINED)
+
+
+wildcard_constraints:
+    photos=one_of(PHOTOSETS.names()),
+    autoencoder=one_of(AUTOENCODERS.names()),
+    immunizer=one_of([CONTROL, *EDITING.rows]),
+
+
+def editing_resources(stage):
+    """Threads and scheduler requests of an editing job (config editing.resources.<stage>)."""
+    return EDITING.job_resources(stage)
+
+
+def get_autoencoder(wildcards):
+    """The in-pipeline autoencoder's weights (small-ae); the others' come from a configured folder."""
+    if wildcards.autoencoder == TRAINED:
+        return f"{PATHS.autoencoder_dir(TRAINED, wildcards.seed)}/model.pt"
+    return []
+
+
+def get_autoencoder_params(wildcards):
+    options = EDITING.autoencoder_options(wildcards.autoencoder)
+    if wildcards.autoencoder == TRAINED:
+        options["path"] = get_autoencoder(wildcards)
+    return {"name": wildcards.autoencoder, "options": options}
+
+
+def get_immunized(wildcards):
+    """The row's immunized photos; the control row's are the clean photos themselves."""
+    if wildcards.immunizer == CONTROL:
+        return []
+    w = wildcards
+    return PATHS.immunized(w.photos, w.autoencoder, w.immunizer, w.seed)
+
+
+def sweep_records():
+    """A row's records: unpurified, then each JPEG quality of editing.purifiers."""
+    return {
+        purifier: f"{EDIT_DIR}/{{immunizer}}/{purifier}.json"
+        for purifier in [CONTROL, *EDITING.purifiers]
+    }
+
+
+# ---------------------------------------------------------------- robust-seg's segmentation stage (rules/segmentation.smk)
+from poisonlab.segmentation import SEG_DATASETS, SEG_MODELS, SEG_PROCEDURES
+from poisonlab.segmentation.settings import TASKS, SegSettings
+
+try:
+    SEGMENTATION = SegSettings.from_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"config: {error}") from None
+SEG_DIR = PATHS.segmentation_dir()
+
+
+wildcard_constraints:
+    segdata=one_of(SEG_DATASETS.names()),
+    segarch=one_of(SEG_MODELS.names()),
+    procedure=one_of(SEG_PROCEDURES.names()),
+    task=one_of(TASKS),
+
+
+def segmentation_resources(stage):
+    """Threads and scheduler requests of a segmentation job (config segmentation.resources.<stage>)."""
+    return SEGMENTATION.job_resources(stage)
+
+
+def get_judges(wildcards):
+    """Synthesis's judges: the main job's clean classifier (and its training set, for its normalisation) and
+    the standard net of segmentation.judge_seed."""
+    c = SEGMENTATION.classifier
+    judge = PATHS.segmentation_dir(
+        wildcards.segdata,
+        wildcards.segarch,
+        "standard",
+        wildcards.recipe,
+        SEGMENTATION.judge_seed,
+    )
+    classifier = PATHS.run_dir(
+        c["dataset"], "clean", "none", c["arch"], config["recipe"], c["seed"]
+    )
+    return {
+        "classifier": f"{classifier}/model.pt",
+        "classifier_data": PATHS.clean(c["dataset"]),
+        "judge": f"{judge}/model.pt",
+        "judge_metrics": f"{judge}/metrics.json",
+    }
+
+
+# ---------------------------------------------------------------- autoprotonet's few-shot stage (rules/fewshot.smk)
+from poisonlab.fewshot import METHODS
+from poisonlab.fewshot.settings import (
+    FINE_TUNED,
+    PRETRAINED,
+    PROTOTYPE_ROWS,
+    FewShotSettings,
+)
+
+try:
+    FEWSHOT = FewShotSettings.from_config(config)
+except ConfigError as error:
+    raise WorkflowError(f"config: {error}") from None
+FS_DIR = PATHS.fewshot_dir()
+FS_AP_DIR = PATHS.fewshot_dir(method=PROTOTYPE_ROWS["AP"])
+
+
+wildcard_constraints:
+    fsdata=one_of(FEWSHOT.datasets),
+    fsmethod=one_of(METHODS.names()),
+    fsrecipe=one_of(FEWSHOT.recipes),
+
+
+def fewshot_resources(stage):
+    """Threads and scheduler requests of a few-shot job (config fewshot.resources.<stage>)."""
+    return FEWSHOT.job_resources(stage)
+
+
+def get_init_weights(wildcards):
+    """IAP (autoprotonet-ft) starts from the IA run of its dataset, recipe and seed; the others from scratch."""
+    if wildcards.fsmethod != FINE_TUNED:
+        return []
+    w = wildcards
+    return f"{PATHS.fewshot_dir(w.fsdata, PRETRAINED, w.fsrecipe, w.seed)}/model.pt"
+
+
+def get_prototype_runs(wildcards):
+    """The metrics.json of each row of the decoded-prototype figure (IA, IAP, AP), one seed."""
+    w = wildcards
+    return {
+        label: f"{PATHS.fewshot_dir(w.fsdata, method, w.fsrecipe, w.seed)}/metrics.json"
+        for label, method in PROTOTYPE_ROWS.items()
+    }

@@ -3,48 +3,6 @@
 # classes) → in the AutoProtoNet run's folder the refinement case study and the decoded prototypes of IA, IAP and
 # AP → tables and figures (rules/tables.smk, rules/figures.smk). Settings: config `fewshot`
 # (poisonlab.fewshot.settings).
-from poisonlab.fewshot import METHODS
-from poisonlab.fewshot.settings import (
-    FINE_TUNED,
-    PRETRAINED,
-    PROTOTYPE_ROWS,
-    FewShotSettings,
-)
-
-try:
-    FEWSHOT = FewShotSettings.from_config(config)
-except ConfigError as error:
-    raise WorkflowError(f"config: {error}") from None
-FS_DIR = PATHS.fewshot_dir()
-FS_AP_DIR = PATHS.fewshot_dir(method=PROTOTYPE_ROWS["AP"])
-
-
-wildcard_constraints:
-    fsdata=one_of(FEWSHOT.datasets),
-    fsmethod=one_of(METHODS.names()),
-    fsrecipe=one_of(FEWSHOT.recipes),
-
-
-def fewshot_resources(stage):
-    """Threads and scheduler requests of a few-shot job (config fewshot.resources.<stage>)."""
-    return FEWSHOT.job_resources(stage)
-
-
-def get_init_weights(wildcards):
-    """IAP (autoprotonet-ft) starts from the IA run of its dataset, recipe and seed; the others from scratch."""
-    if wildcards.fsmethod != FINE_TUNED:
-        return []
-    w = wildcards
-    return f"{PATHS.fewshot_dir(w.fsdata, PRETRAINED, w.fsrecipe, w.seed)}/model.pt"
-
-
-def get_prototype_runs(wildcards):
-    """The metrics.json of each row of the decoded-prototype figure (IA, IAP, AP), one seed."""
-    w = wildcards
-    return {
-        label: f"{PATHS.fewshot_dir(w.fsdata, method, w.fsrecipe, w.seed)}/metrics.json"
-        for label, method in PROTOTYPE_ROWS.items()
-    }
 
 
 rule fewshot_train:

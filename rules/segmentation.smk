@@ -2,48 +2,6 @@
 # resumable, with its MLflow run → one robustness job a net (clean, BIM-k, PGD) and one synthesis job a (net, task)
 # (inpaint, generate; judged by the main job's classifier and a standard net of another seed) → tables and figures
 # (rules/tables.smk, rules/figures.smk). Settings: config `segmentation` (poisonlab.segmentation.settings).
-from poisonlab.segmentation import SEG_DATASETS, SEG_MODELS, SEG_PROCEDURES
-from poisonlab.segmentation.settings import TASKS, SegSettings
-
-try:
-    SEGMENTATION = SegSettings.from_config(config)
-except ConfigError as error:
-    raise WorkflowError(f"config: {error}") from None
-SEG_DIR = PATHS.segmentation_dir()
-
-
-wildcard_constraints:
-    segdata=one_of(SEG_DATASETS.names()),
-    segarch=one_of(SEG_MODELS.names()),
-    procedure=one_of(SEG_PROCEDURES.names()),
-    task=one_of(TASKS),
-
-
-def segmentation_resources(stage):
-    """Threads and scheduler requests of a segmentation job (config segmentation.resources.<stage>)."""
-    return SEGMENTATION.job_resources(stage)
-
-
-def get_judges(wildcards):
-    """Synthesis's judges: the main job's clean classifier (and its training set, for its normalisation) and
-    the standard net of segmentation.judge_seed."""
-    c = SEGMENTATION.classifier
-    judge = PATHS.segmentation_dir(
-        wildcards.segdata,
-        wildcards.segarch,
-        "standard",
-        wildcards.recipe,
-        SEGMENTATION.judge_seed,
-    )
-    classifier = PATHS.run_dir(
-        c["dataset"], "clean", "none", c["arch"], config["recipe"], c["seed"]
-    )
-    return {
-        "classifier": f"{classifier}/model.pt",
-        "classifier_data": PATHS.clean(c["dataset"]),
-        "judge": f"{judge}/model.pt",
-        "judge_metrics": f"{judge}/metrics.json",
-    }
 
 
 rule segmentation_canvases:

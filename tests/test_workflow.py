@@ -244,3 +244,13 @@ def test_poisons_defenses_and_evaluations_run_through_the_dag(scratch_repo, work
         peak = json.loads((run_dir / "peak.json").read_text())
         cell = evaluations.filter((pl.col("row") == poison) & (pl.col("column") == "peak epoch"))
         assert cell["ours"].item() == peak["peak_epoch"]
+
+
+def test_snakemake_lint_finds_nothing_but_the_documented_absence_of_per_rule_environments(workflow_env):
+    # Rules carry no conda/container environment on purpose (README, "Software environment"): every rule runs
+    # in the one environment `make` builds, or in the one container image of containers/. Anything else
+    # the linter says is a defect.
+    done = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, env=workflow_env, capture_output=True,
+                          text=True, timeout=300)
+    lints = set(re.findall(r"^ {4}\* (.+?):$", done.stdout + done.stderr, flags=re.MULTILINE))
+    assert lints <= {"Specify a conda environment or container for each rule."}, done.stdout + done.stderr
