@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 # Zip entries carry a modification time; a fixed one (the zip format's earliest) keeps npz bytes a function
 # of the arrays alone.
@@ -83,5 +82,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through an open file: given a path, torch names the archive's folder after the file,
     here a random temporary name; given a file, it names it ``archive`` whatever the path."""
+    import torch  # here, not at the top: table and figure jobs write json and npz and need no torch (2 s)
+
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
