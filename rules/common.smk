@@ -193,12 +193,15 @@ def get_figure_inputs(wildcards):
 
 
 def get_paper_outputs(slug):
-    """A grid's tables (csv, md, tex) and figures (pdf, png)."""
+    """A grid's tables (csv, md, tex, and their cells as DVC metrics) and figures (pdf, png)."""
     tables = [
-        f"{PATHS.table(slug, name)}.{ext}"
+        path
         for (table_slug, name) in PAPER_TABLES
         if table_slug == slug
-        for ext in ("csv", "md", "tex")
+        for path in [
+            *(f"{PATHS.table(slug, name)}.{ext}" for ext in ("csv", "md", "tex")),
+            PATHS.table_metrics(slug, name),
+        ]
     ]
     figures = [
         f"{PATHS.figure(slug, name)}.{ext}"

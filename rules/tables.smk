@@ -9,6 +9,7 @@ rule table:
         csv=f"{PATHS.table()}.csv",
         md=f"{PATHS.table()}.md",
         tex=f"{PATHS.table()}.tex",
+        metrics=PATHS.table_metrics(),
     log:
         "logs/tables/{slug}/{table}.log",
     benchmark:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -90,9 +91,12 @@ def dvc_repo(tmp_path) -> tuple[Path, dict[str, str]]:
     (repo / "config/config.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
     # The tiny config builds no paper, so DVC must not expect the papers' table and figure folders.
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())
-    outs = stages["stages"]["all_tables"]["outs"]
-    stages["stages"]["all_tables"]["outs"] = [out for out in outs if next(iter(out)).split("/")[:2] in (
-        ["data"], ["results"], ["paper", "baselines"])]
+    stage = stages["stages"]["all_tables"]
+    for section in ("outs", "metrics", "plots"):
+        stage[section] = [out for out in stage[section] if next(iter(out)).split("/")[:2] in (
+            ["data"], ["results"], ["paper", "baselines"])]
+    if not stage["plots"]:  # the baselines grid draws no figure; DVC refuses an empty section
+        del stage["plots"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
     (repo / ".venv").symlink_to(BIN.parent, target_is_directory=True)  # dvc.yaml calls .venv/bin/snakemake
 
@@ -127,8 +131,12 @@ def test_repro_push_delete_pull_gives_back_the_same_bytes_and_retrains_nothing(d
                   for name in ("metrics.json", "model.pt", "epochs/epoch001.pt", "epochs/epoch002.pt")),
                 *(f"paper/baselines/tables/baselines.{ext}" for ext in ("csv", "md", "tex"))}
     assert set(built) == expected
-    # The outputs were git-ignored already: DVC adds no .gitignore entries, only dvc.lock is new.
-    assert run(repo, "git", "status", "--porcelain", env=env).splitlines() == ["?? dvc.lock"]
+    # The outputs were git-ignored already: DVC adds no .gitignore entries; new are dvc.lock and the table's
+    # cells as metrics (cache: false: git keeps them, so `dvc metrics diff` compares commits).
+    assert run(repo, "git", "status", "--porcelain", env=env).splitlines() == [
+        "?? dvc.lock", "?? paper/baselines/metrics/"]
+    final = json.loads((repo / "paper/baselines/metrics/baselines.json").read_text())["smallcnn"]["final"]
+    assert json.dumps(final) in run(repo, dvc, "metrics", "show", "--json", env=env)  # `dvc metrics` reads them
 
     # Nothing changed: DVC does not even call Snakemake. What .dvcignore leaves out (byte-code in a
     # dependency, a killed run's checkpoint, an atomic write in flight) changes nothing either.

@@ -297,7 +297,10 @@ def test_dvc_caches_exactly_the_folders_the_default_papers_write():
     import yaml
 
     config, papers = resolved("embedded")
-    outs = {next(iter(out)) for out in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["all_tables"]["outs"]}
-    written = {f"paper/{slug}/{kind}" for slug, paper in papers.items()
-               for kind in ("tables", "figures") if paper.get(kind)}
-    assert {out for out in outs if out.startswith("paper/")} == written
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["all_tables"]
+    declared = {section: {next(iter(out)) for out in stage[section]} for section in ("outs", "metrics", "plots")}
+    # Tables as outputs and their cells as metrics; figures as plots (outputs DVC also draws).
+    assert {out for out in declared["outs"] if out.startswith("paper/")} == {
+        f"paper/{slug}/tables" for slug, paper in papers.items() if paper.get("tables")}
+    assert declared["metrics"] == {f"paper/{slug}/metrics" for slug, paper in papers.items() if paper.get("tables")}
+    assert declared["plots"] == {f"paper/{slug}/figures" for slug, paper in papers.items() if paper.get("figures")}

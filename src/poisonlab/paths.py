@@ -93,6 +93,11 @@ class Paths:
         return f"paper/{slug}/tables/{table}"
 
     @staticmethod
+    def table_metrics(slug: str = "{slug}", table: str = "{table}") -> str:
+        """A table's cells as DVC metrics, one number a (row, column): ``dvc metrics diff`` reads them."""
+        return f"paper/{slug}/metrics/{table}.json"
+
+    @staticmethod
     def figure(slug: str = "{slug}", figure: str = "{figure}") -> str:
         """A paper's figure, without extension (.pdf, .png)."""
         return f"paper/{slug}/figures/{figure}"

@@ -8,4 +8,5 @@ from poisonlab.reporting import Cell, build_table, write_table
 
 cells = [Cell(**{**cell, "runs": tuple(cell["runs"])}) for cell in snakemake.params.cells]
 write_table(build_table(cells), csv=snakemake.output.csv, md=snakemake.output.md, tex=snakemake.output.tex,
+            metrics=snakemake.output.metrics,
             title=snakemake.params.title)

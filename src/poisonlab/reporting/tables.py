@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from poisonlab.atomic import atomic_path
+from poisonlab.atomic import atomic_path, write_json
 from poisonlab.registry import ConfigError
 
 TABLE_COLUMNS = ("table", "row", "column", "dataset", "scale", "metric", "ours", "ours_std", "n_seeds", "reported",
@@ -151,11 +151,18 @@ def render_latex(table: pl.DataFrame, title: str | None = None) -> str:
 
 
 def write_table(table: pl.DataFrame, *, csv: str | os.PathLike, md: str | os.PathLike,
-                tex: str | os.PathLike, title: str | None = None) -> None:
-    """The tidy csv, then the same table wide in markdown and LaTeX (``title`` leads their caption)."""
+                tex: str | os.PathLike, metrics: str | os.PathLike | None = None, title: str | None = None) -> None:
+    """The tidy csv, then the same table wide in markdown and LaTeX (``title`` leads their caption), and with
+    ``metrics`` its cells as ``{row: {column: ours}}`` json, the flat form ``dvc metrics`` reads (null for NaN)."""
     with atomic_path(csv) as tmp:
         table.write_csv(tmp)
     with atomic_path(md) as tmp:
         tmp.write_text(render_markdown(table, title))
     with atomic_path(tex) as tmp:
         tmp.write_text(render_latex(table, title))
+    if metrics is not None:
+        cells: dict[str, dict[str, float | None]] = {}
+        for row in table.iter_rows(named=True):
+            ours = row["ours"]
+            cells.setdefault(row["row"], {})[row["column"]] = None if ours is None or math.isnan(ours) else ours
+        write_json(metrics, cells)
