@@ -67,6 +67,7 @@ def test_embedded_default_reaches_mnist_accuracy_and_logs_the_run(mnist5k_contai
     test_acc = mlflow.MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "test_acc")
     assert [m.value for m in sorted(test_acc, key=lambda m: m.step)] == [r["test_acc"] for r in on_disk["history"]]
     assert run.data.tags["precision_resolved"] == on_disk["precision"]
+    assert run.data.tags["run_dir"] == str(run_dir) and run.data.params["poison_options"] == "{}"  # clean data
 
 
 class _Killed(Exception):

@@ -77,8 +77,12 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
         shutil.rmtree(weights_dir, ignore_errors=True)
 
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
-            "source_checksum": dataset.source_checksum, **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
-    params = {**dataclasses.asdict(spec), **recipe.to_dict(), "defense_options": defense_options}
+            "source_checksum": dataset.source_checksum, "run_dir": str(run_dir),
+            **{k: str(v) for k, v in dataclasses.asdict(spec).items()}}
+    # The poison's options (as the poisoned container records them) beside the defense's: what made the data.
+    poison_options = dataset.meta.get("poison", {}).get("params", {})
+    params = {**dataclasses.asdict(spec), **recipe.to_dict(), "defense_options": defense_options,
+              "poison_options": poison_options}
     with tracking.tracked_run(run_dir, resume=checkpoint is not None, experiment=tracking.experiment_name(spec.dataset),
                               run_name=spec.name, params=params, tags=tags) as tracked:
         if checkpoint is not None:
