@@ -12,7 +12,7 @@ rule attribution_ssl:
     log:
         f"logs/attribution/{SSL_DIR}.log",
     benchmark:
-        f"logs/attribution/{SSL_DIR}.benchmark.tsv",
+        f"logs/attribution/{SSL_DIR}.benchmark.tsv"
     threads: ATTRIBUTION.job_resources("ssl")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("ssl")["gpu"],
@@ -34,7 +34,7 @@ rule attribution_features:
     log:
         f"logs/attribution/{SETTING}/features.log",
     benchmark:
-        f"logs/attribution/{SETTING}/features.benchmark.tsv",
+        f"logs/attribution/{SETTING}/features.benchmark.tsv"
     threads: ATTRIBUTION.job_resources("attribute")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
@@ -57,7 +57,7 @@ rule attribution_targets:
     log:
         f"logs/attribution/{SETTING}/targets.log",
     benchmark:
-        f"logs/attribution/{SETTING}/targets.benchmark.tsv",
+        f"logs/attribution/{SETTING}/targets.benchmark.tsv"
     threads: ATTRIBUTION.job_resources("attribute")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
@@ -78,7 +78,7 @@ rule attribution_subsets:
     log:
         f"logs/attribution/{SETTING}/subsets/{{part}}/shard{{shard}}.log",
     benchmark:
-        f"logs/attribution/{SETTING}/subsets/{{part}}/shard{{shard}}.benchmark.tsv",
+        f"logs/attribution/{SETTING}/subsets/{{part}}/shard{{shard}}.benchmark.tsv"
     threads: ATTRIBUTION.job_resources("retrain")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("retrain")["gpu"],
@@ -101,7 +101,7 @@ rule attribution_attribute:
     log:
         f"logs/attribution/{SETTING}/attributors/{{attributor}}.log",
     benchmark:
-        f"logs/attribution/{SETTING}/attributors/{{attributor}}.benchmark.tsv",
+        f"logs/attribution/{SETTING}/attributors/{{attributor}}.benchmark.tsv"
     threads: ATTRIBUTION.job_resources("attribute")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("attribute")["gpu"],
@@ -125,7 +125,7 @@ rule attribution_support:
     log:
         f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.log",
     benchmark:
-        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.benchmark.tsv",
+        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/target{{target}}.benchmark.tsv"
     threads: ATTRIBUTION.job_resources("retrain")["cpus"]
     resources:
         gpu=ATTRIBUTION.job_resources("retrain")["gpu"],
@@ -150,7 +150,7 @@ rule attribution_support_summary:
     log:
         f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/summary.log",
     benchmark:
-        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/summary.benchmark.tsv",
+        f"logs/attribution/{SETTING}/support/{{attributor}}/{{kind}}/summary.benchmark.tsv"
     script:
         "../workflow/scripts/attribution_summary.py"
 
@@ -166,6 +166,6 @@ rule attribution_lds:
     log:
         f"logs/attribution/{SETTING}/lds/{{attributor}}.log",
     benchmark:
-        f"logs/attribution/{SETTING}/lds/{{attributor}}.benchmark.tsv",
+        f"logs/attribution/{SETTING}/lds/{{attributor}}.benchmark.tsv"
     script:
         "../workflow/scripts/attribution_lds.py"

@@ -7,7 +7,7 @@ rule clean_dataset:
     log:
         f"logs/data/{PATHS.data}/{{dataset}}.log",
     benchmark:
-        f"logs/data/{PATHS.data}/{{dataset}}.benchmark.tsv",
+        f"logs/data/{PATHS.data}/{{dataset}}.benchmark.tsv"
     threads: config["resources"]["data"].get("cpus", 1)
     resources:
         runtime=config["resources"]["data"]["runtime"],

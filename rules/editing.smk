@@ -9,7 +9,7 @@ rule editing_photos:
     log:
         f"logs/editing/{PATHS.photos()}.log",
     benchmark:
-        f"logs/editing/{PATHS.photos()}.benchmark.tsv",
+        f"logs/editing/{PATHS.photos()}.benchmark.tsv"
     params:
         options=lambda wildcards: EDITING.photo_options(wildcards.photos),
     script:
@@ -23,7 +23,7 @@ rule editing_small_ae:
     log:
         f"logs/editing/{SMALL_AE_DIR}.log",
     benchmark:
-        f"logs/editing/{SMALL_AE_DIR}.benchmark.tsv",
+        f"logs/editing/{SMALL_AE_DIR}.benchmark.tsv"
     threads: editing_resources("train")["cpus"]
     resources:
         gpu=editing_resources("train")["gpu"],
@@ -45,7 +45,7 @@ rule editing_immunize:
     log:
         f"logs/editing/{PATHS.immunized()}.log",
     benchmark:
-        f"logs/editing/{PATHS.immunized()}.benchmark.tsv",
+        f"logs/editing/{PATHS.immunized()}.benchmark.tsv"
     threads: editing_resources("immunize")["cpus"]
     resources:
         gpu=editing_resources("immunize")["gpu"],
@@ -69,7 +69,7 @@ rule editing_sweep:
     log:
         f"logs/editing/{EDIT_DIR}/{{immunizer}}.log",
     benchmark:
-        f"logs/editing/{EDIT_DIR}/{{immunizer}}.benchmark.tsv",
+        f"logs/editing/{EDIT_DIR}/{{immunizer}}.benchmark.tsv"
     threads: editing_resources("sweep")["cpus"]
     resources:
         gpu=editing_resources("sweep")["gpu"],

@@ -12,9 +12,9 @@ rule evaluate:
     log:
         f"logs/evaluate/{RUN_DIR}/{{evaluation}}.log",
     benchmark:
-        f"logs/evaluate/{RUN_DIR}/{{evaluation}}.benchmark.tsv",
+        f"logs/evaluate/{RUN_DIR}/{{evaluation}}.benchmark.tsv"
     group:
-        "runs"
+        config["run_group"]
     threads: config["resources"]["evaluate"].get("cpus", 1)
     resources:
         gpu=config["resources"]["evaluate"]["gpu"],

@@ -15,7 +15,7 @@ rule fewshot_train:
     log:
         f"logs/fewshot/{FS_DIR}/train.log",
     benchmark:
-        f"logs/fewshot/{FS_DIR}/train.benchmark.tsv",
+        f"logs/fewshot/{FS_DIR}/train.benchmark.tsv"
     threads: fewshot_resources("train")["cpus"]
     resources:
         gpu=fewshot_resources("train")["gpu"],
@@ -42,7 +42,7 @@ rule fewshot_evaluate:
     log:
         f"logs/fewshot/{FS_DIR}/evaluation.log",
     benchmark:
-        f"logs/fewshot/{FS_DIR}/evaluation.benchmark.tsv",
+        f"logs/fewshot/{FS_DIR}/evaluation.benchmark.tsv"
     threads: fewshot_resources("evaluate")["cpus"]
     resources:
         gpu=fewshot_resources("evaluate")["gpu"],
@@ -66,7 +66,7 @@ rule fewshot_refinement:
     log:
         f"logs/fewshot/{FS_DIR}/refinement.log",
     benchmark:
-        f"logs/fewshot/{FS_DIR}/refinement.benchmark.tsv",
+        f"logs/fewshot/{FS_DIR}/refinement.benchmark.tsv"
     threads: fewshot_resources("study")["cpus"]
     resources:
         gpu=fewshot_resources("study")["gpu"],
@@ -89,7 +89,7 @@ rule fewshot_prototypes:
     log:
         f"logs/fewshot/{FS_AP_DIR}/prototypes.log",
     benchmark:
-        f"logs/fewshot/{FS_AP_DIR}/prototypes.benchmark.tsv",
+        f"logs/fewshot/{FS_AP_DIR}/prototypes.benchmark.tsv"
     threads: fewshot_resources("study")["cpus"]
     resources:
         gpu=fewshot_resources("study")["gpu"],

@@ -10,7 +10,7 @@ rule paper_figure:
     log:
         "logs/figures/{slug}/{figure}.log",
     benchmark:
-        "logs/figures/{slug}/{figure}.benchmark.tsv",
+        "logs/figures/{slug}/{figure}.benchmark.tsv"
     params:
         figure=lambda wildcards: PAPER_FIGURES[
             (wildcards.slug, wildcards.figure)

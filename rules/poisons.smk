@@ -10,7 +10,7 @@ rule poison:
     log:
         f"logs/poisons/{PATHS.data}/{{dataset}}/{{poison}}.log",
     benchmark:
-        f"logs/poisons/{PATHS.data}/{{dataset}}/{{poison}}.benchmark.tsv",
+        f"logs/poisons/{PATHS.data}/{{dataset}}/{{poison}}.benchmark.tsv"
     threads: config["resources"]["poison"].get("cpus", 1)
     resources:
         gpu=lambda wildcards: poison_resources(wildcards).get("gpu", 0),

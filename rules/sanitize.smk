@@ -11,7 +11,7 @@ rule sanitize:
     log:
         f"logs/sanitize/{PATHS.data}/{{dataset}}/{{poison}}/{{defense}}.log",
     benchmark:
-        f"logs/sanitize/{PATHS.data}/{{dataset}}/{{poison}}/{{defense}}.benchmark.tsv",
+        f"logs/sanitize/{PATHS.data}/{{dataset}}/{{poison}}/{{defense}}.benchmark.tsv"
     threads: config["resources"]["sanitize"].get("cpus", 1)
     resources:
         gpu=config["resources"]["sanitize"]["gpu"],

@@ -10,7 +10,7 @@ rule segmentation_canvases:
     log:
         f"logs/segmentation/{PATHS.segmentation_data()}.log",
     benchmark:
-        f"logs/segmentation/{PATHS.segmentation_data()}.benchmark.tsv",
+        f"logs/segmentation/{PATHS.segmentation_data()}.benchmark.tsv"
     threads: segmentation_resources("canvases")["cpus"]
     resources:
         gpu=segmentation_resources("canvases")["gpu"],
@@ -31,7 +31,7 @@ rule segmentation_train:
     log:
         f"logs/segmentation/{SEG_DIR}/train.log",
     benchmark:
-        f"logs/segmentation/{SEG_DIR}/train.benchmark.tsv",
+        f"logs/segmentation/{SEG_DIR}/train.benchmark.tsv"
     threads: segmentation_resources("train")["cpus"]
     resources:
         gpu=segmentation_resources("train")["gpu"],
@@ -59,7 +59,7 @@ rule segmentation_robustness:
     log:
         f"logs/segmentation/{SEG_DIR}/robustness.log",
     benchmark:
-        f"logs/segmentation/{SEG_DIR}/robustness.benchmark.tsv",
+        f"logs/segmentation/{SEG_DIR}/robustness.benchmark.tsv"
     threads: segmentation_resources("robustness")["cpus"]
     resources:
         gpu=segmentation_resources("robustness")["gpu"],
@@ -84,7 +84,7 @@ rule segmentation_synthesis:
     log:
         f"logs/segmentation/{SEG_DIR}/{{task}}.log",
     benchmark:
-        f"logs/segmentation/{SEG_DIR}/{{task}}.benchmark.tsv",
+        f"logs/segmentation/{SEG_DIR}/{{task}}.benchmark.tsv"
     threads: segmentation_resources("synthesis")["cpus"]
     resources:
         gpu=segmentation_resources("synthesis")["gpu"],

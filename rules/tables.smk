@@ -13,7 +13,7 @@ rule table:
     log:
         "logs/tables/{slug}/{table}.log",
     benchmark:
-        "logs/tables/{slug}/{table}.benchmark.tsv",
+        "logs/tables/{slug}/{table}.benchmark.tsv"
     params:
         cells=get_table_cells,
         title=lambda wildcards: PAPER_TABLES[(wildcards.slug, wildcards.table)].title,

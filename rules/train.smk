@@ -11,10 +11,10 @@ rule train:
     log:
         f"logs/train/{RUN_DIR}.log",
     benchmark:
-        f"logs/train/{RUN_DIR}.benchmark.tsv",
-    threads: config["resources"]["train"].get("cpus", 1)
+        f"logs/train/{RUN_DIR}.benchmark.tsv"
     group:
-        "runs"
+        config["run_group"]
+    threads: config["resources"]["train"].get("cpus", 1)
     resources:
         gpu=config["resources"]["train"]["gpu"],
         runtime=config["resources"]["train"]["runtime"],

@@ -214,7 +214,7 @@ def test_a_reported_bound_keeps_the_reported_column_numeric(tmp_path):
     assert table["reported"].dtype == pl.Float64 and table["reported"].to_list() == [87.0, 11.75]
     assert table["reported_bound"].to_list() == [">", None]
     assert "| OPS | 88.50 (>87.00) |" in render_markdown(table) and "| AR | 88.50 (11.75) |" in render_markdown(table)
-    assert "88.50 ($>$87.00)" in render_latex(table)
+    assert r"88.50 (\textgreater{}87.00)" in render_latex(table)
     reported.write_text("table,row,column,dataset,metric,reported,source\nt,OPS,Ortho,cifar10,m,about 87,README\n")
     with pytest.raises(ConfigError, match="reported 'about 87' is neither a number nor a bound like >87"):
         load_reported(reported)

@@ -122,20 +122,20 @@ def test_cli_rejects_bad_names_with_one_clear_line(argv, message, mnist5k_contai
 @pytest.mark.parametrize("append", [False, True])
 def test_a_pipeline_job_logs_everything_to_its_log_before_it_exits(tmp_path, append):
     # start_job freezes the garbage collector at exit to skip its last pass; nothing written may be lost.
+    # It also configures logging: a library's INFO (a poison's rounds, an epoch) reaches the log unasked.
     log = tmp_path / "job.log"
     log.write_text("from the killed run\n")
     script = (
         "import logging, sys, torch\n"
         "from poisonlab.job import start_job\n"
         f"start_job({str(log)!r}, append={append})\n"
-        "logging.basicConfig(stream=sys.stderr, level=logging.INFO)\n"
         "cycle = [torch.zeros(3)]; cycle.append(cycle)\n"
         "logging.getLogger('job').info('epoch 1 done')\n"
         "print('last line', file=sys.stderr)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
     lines = log.read_text().splitlines()
-    assert lines[-2:] == ["INFO:job:epoch 1 done", "last line"]
+    assert lines[-2].endswith(" job epoch 1 done") and lines[-1] == "last line"
     assert (lines[0] == "from the killed run") == append
 
 

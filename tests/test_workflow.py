@@ -130,9 +130,10 @@ def test_a_new_poison_is_one_module(scratch_repo, workflow_env):
     env = {**workflow_env, "PYTHONPATH": str(scratch_repo / "src")}  # the scratch copy's package, not the venv's
     dry = snakemake(scratch_repo, "--profile", "local", "baselines_tables", "-n", "--config", "poisons=[toy-shift]",
                     "papers=[]", env=env).stdout
-    assert re.search(r"rule poison:\n(?:    .*\n)*?    wildcards: dataset=mnist5k, poison=toy-shift\n", dry)
-    assert re.search(r"rule train:\n(?:    .*\n)*?    wildcards: dataset=mnist5k, poison=toy-shift, defense=none", dry)
-    assert re.search(r"rule table:\n(?:    .*\n)*?    input: .*results/runs/mnist5k/toy-shift/none/", dry)
+    # A job's fields are indented under its rule line (one level deeper inside a group: train and evaluate).
+    assert re.search(r"rule poison:\n(?: +.*\n)*? +wildcards: dataset=mnist5k, poison=toy-shift\n", dry)
+    assert re.search(r"rule train:\n(?: +.*\n)*? +wildcards: dataset=mnist5k, poison=toy-shift, defense=none", dry)
+    assert re.search(r"rule table:\n(?: +.*\n)*? +input: .*results/runs/mnist5k/toy-shift/none/", dry)
     bad = snakemake(scratch_repo, "--profile", "local", "baselines_tables", "-n", "--config", "poisons=[toy-shift]",
                     "papers=[]", "poison_options={toy-shift: {default: {epsilon: 2}}}", env=env, check=False)
     output = bad.stdout + bad.stderr
