@@ -19,6 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from poisonlab.atomic import write_json
+from precision import cpu_description  # benchmarks/precision.py: the CPU and its bf16 flags
 
 
 def read_benchmarks(logs: Path) -> pl.DataFrame:
@@ -53,17 +54,6 @@ def per_rule(jobs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return "unknown"
-    lines = cpuinfo.read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
-    shown = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags]
-    return f"{model} ({', '.join(shown)})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=Path, default=Path("logs"))
@@ -73,13 +63,13 @@ def main() -> None:
 
     rules = per_rule(read_benchmarks(args.logs))
     total_job_s = rules["job_s"].sum()
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_description()}")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, float_precision=1):
         print(rules)
     print(f"{rules['jobs'].sum()} jobs, {total_job_s:,.0f} job-seconds, {rules['cpu_s'].sum():,.0f} CPU-seconds")
     if args.wall_s:
         print(f"wall {args.wall_s:,.0f} s: {total_job_s / args.wall_s:.2f} jobs running on average")
-    write_json(args.out, {"cpu": cpu_model(), "wall_s": args.wall_s, "rules": rules.to_dicts()})
+    write_json(args.out, {"cpu": cpu_description(), "wall_s": args.wall_s, "rules": rules.to_dicts()})
 
 
 if __name__ == "__main__":

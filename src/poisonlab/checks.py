@@ -177,3 +177,20 @@ def check_value(where: str, option: str, value: Any, allowed: Any) -> None:
     for constraint in _constraints_of(allowed):
         if not constraint.allows(value, {}, {}):
             raise option_error(where, option, constraint.describe({}, {}), value)
+
+
+def section_entry(section: str, key: str, what: str, name: str, entries: Mapping[str, Any], hint: str = "") -> dict:
+    """A copy of ``entries[name]`` (the config's ``<section>.<key>``), or the one error naming what is defined."""
+    if name not in entries:
+        raise ConfigError(f"{section}: {what} '{name}' has no entry under {section}.{key} "
+                          f"({hint}defined: {', '.join(entries)})")
+    return dict(entries[name] or {})
+
+
+# A paper stage's job when its config's `<section>.resources.<stage>` says nothing: one CPU, half an hour.
+DEFAULT_JOB_RESOURCES = {"gpu": 0, "runtime": 30, "mem_mb": 4000, "cpus": 1}
+
+
+def job_resources(resources: Mapping[str, Mapping[str, int]], stage: str) -> dict[str, int]:
+    """The threads and scheduler requests of a ``stage`` job: the defaults, overridden by ``resources[stage]``."""
+    return {**DEFAULT_JOB_RESOURCES, **resources.get(stage, {})}

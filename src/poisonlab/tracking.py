@@ -330,19 +330,18 @@ def mlflow_run_id(key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def sync_in_background(interval: float = SYNC_SECONDS) -> threading.Event:
-    """Sync every ``interval`` seconds from a daemon thread until the returned event is set."""
-    stop = threading.Event()
+def sync_in_background(interval: float = SYNC_SECONDS) -> None:
+    """Sync every ``interval`` seconds from a daemon thread, for as long as the process (Snakemake's) lives."""
 
     def loop() -> None:
-        while not stop.wait(interval):
+        while True:
+            time.sleep(interval)
             try:
                 sync()
             except Exception as error:  # a failed sync is retried at the next tick and at the DAG's end
                 logger.warning("MLflow sync failed (retried): %s", error)
 
     threading.Thread(target=loop, name="poisonlab-mlflow-sync", daemon=True).start()
-    return stop
 
 
 # ---------------------------------------------------------------- runs killed with their job

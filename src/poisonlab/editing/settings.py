@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from poisonlab.checks import job_resources, section_entry
 from poisonlab.registry import ConfigError
 
 CONTROL = "none"  # the clean photos: the control row, always computed
@@ -77,24 +78,16 @@ class EditingSettings:
         """Row → {immunizer, options, sd}; the control row is the ``none`` immunizer."""
         if row == CONTROL:
             return {"immunizer": "none", "options": {}}
-        if row not in self.immunizers:
-            raise ConfigError(f"editing: row '{row}' has no entry under editing.immunizers "
-                              f"(defined: {', '.join(self.immunizers)})")
-        return {"options": {}, **self.immunizers[row]}
+        return {"options": {}, **section_entry("editing", "immunizers", "row", row, self.immunizers)}
 
     def photo_options(self, photos: str) -> dict[str, Any]:
-        if photos not in self.photos:
-            raise ConfigError(f"editing: photo set '{photos}' has no entry under editing.photos "
-                              f"(defined: {', '.join(self.photos)})")
-        return dict(self.photos[photos])
+        return section_entry("editing", "photos", "photo set", photos, self.photos)
 
     def autoencoder_options(self, autoencoder: str) -> dict[str, Any]:
         if autoencoder == TRAINED:
             return {}
-        if autoencoder not in self.autoencoders:
-            raise ConfigError(f"editing: autoencoder '{autoencoder}' has no entry under editing.autoencoders "
-                              f"(a path to its weights; defined: {', '.join(self.autoencoders)})")
-        return dict(self.autoencoders[autoencoder])
+        return section_entry("editing", "autoencoders", "autoencoder", autoencoder, self.autoencoders,
+                             hint="a path to its weights; ")
 
     def job_resources(self, stage: str) -> dict[str, int]:
-        return {"gpu": 0, "runtime": 30, "mem_mb": 4000, "cpus": 1, **self.resources.get(stage, {})}
+        return job_resources(self.resources, stage)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from poisonlab.checks import job_resources, section_entry
 from poisonlab.registry import ConfigError
 
 FINE_TUNED, PRETRAINED = "autoprotonet-ft", "ae-pretrain"  # IAP starts from IA's weights
@@ -54,10 +55,8 @@ class FewShotSettings:
             raise ConfigError(f"fewshot: methods has {FINE_TUNED} but not {PRETRAINED}, the run it starts from")
 
     def dataset_options(self, dataset: str) -> dict[str, Any]:
-        if dataset not in self.datasets:
-            raise ConfigError(f"fewshot: dataset '{dataset}' has no entry under fewshot.datasets "
-                              f"(defined: {', '.join(self.datasets)})")
-        return {"split": None, "pad_to": None, **self.datasets[dataset]}
+        entry = section_entry("fewshot", "datasets", "dataset", dataset, self.datasets)
+        return {"split": None, "pad_to": None, **entry}
 
     def recipe(self, name: str, method: str) -> dict[str, Any]:
         """The recipe's fields with the method's replacements, checked by ``FewShotRecipe``."""
@@ -69,13 +68,10 @@ class FewShotSettings:
         return FewShotRecipe.from_dict(values, name=f"fewshot recipe {name} ({method})").to_dict()
 
     def method(self, method: str) -> dict[str, Any]:
-        if method not in self.methods:
-            raise ConfigError(f"fewshot: method '{method}' has no entry under fewshot.methods "
-                              f"(defined: {', '.join(self.methods)})")
-        return dict(self.methods[method] or {})
+        return section_entry("fewshot", "methods", "method", method, self.methods)
 
     def method_options(self, method: str) -> dict[str, Any]:
         return dict(self.method(method).get("options", {}))
 
     def job_resources(self, stage: str) -> dict[str, int]:
-        return {"gpu": 0, "runtime": 30, "mem_mb": 4000, "cpus": 1, **self.resources.get(stage, {})}
+        return job_resources(self.resources, stage)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from poisonlab.checks import job_resources, section_entry
 from poisonlab.registry import ConfigError
 
 TASKS = ("inpaint", "generate")
@@ -58,22 +59,13 @@ class SegSettings:
                               f"tasks: {', '.join(TASKS)}")
 
     def dataset_options(self, dataset: str) -> dict[str, Any]:
-        if dataset not in self.datasets:
-            raise ConfigError(f"segmentation: dataset '{dataset}' has no entry under segmentation.datasets "
-                              f"(defined: {', '.join(self.datasets)})")
-        return dict(self.datasets[dataset])
+        return section_entry("segmentation", "datasets", "dataset", dataset, self.datasets)
 
     def model_options(self, arch: str) -> dict[str, Any]:
-        if arch not in self.models:
-            raise ConfigError(f"segmentation: arch '{arch}' has no entry under segmentation.models "
-                              f"(defined: {', '.join(self.models)})")
-        return dict(self.models[arch])
+        return section_entry("segmentation", "models", "arch", arch, self.models)
 
     def procedure_options(self, procedure: str) -> dict[str, Any]:
-        if procedure not in self.procedures:
-            raise ConfigError(f"segmentation: procedure '{procedure}' has no entry under segmentation.procedures "
-                              f"(defined: {', '.join(self.procedures)})")
-        return dict(self.procedures[procedure] or {})
+        return section_entry("segmentation", "procedures", "procedure", procedure, self.procedures)
 
     def task_options(self, task: str) -> dict[str, Any]:
         if task not in TASKS:
@@ -81,4 +73,4 @@ class SegSettings:
         return dict(self.synthesis.get(task, {}))
 
     def job_resources(self, stage: str) -> dict[str, int]:
-        return {"gpu": 0, "runtime": 30, "mem_mb": 4000, "cpus": 1, **self.resources.get(stage, {})}
+        return job_resources(self.resources, stage)
