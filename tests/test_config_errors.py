@@ -44,7 +44,7 @@ CASES = [
      "poison 'ar-linf': epsilon must be > 0 and <= 1.0; got 2"),
     ("poison_options={cuda: {mnist5k: {kernel_size: 4}}}",
      "poison 'cuda': kernel_size must be an odd integer >= 1; got 4"),
-    ("poison_options={em: {default: {surrogate: alexnet}}}", "poison 'em': surrogate must be one of densenet121, "),
+    ("poison_options={em: {mnist5k: {surrogate: alexnet}}}", "poison 'em': surrogate must be one of densenet121, "),
     ("poison_options={em: {mnist5k: {step_size: 0.5}}}",
      "poison 'em': step_size must be > 0 and <= epsilon (0.3); got 0.5"),
     ("poison_options={regions-16: {mnist5k: {epsilon: 0}}}", "poison 'regions-16': epsilon must be > 0 and <= 1.0"),

@@ -18,7 +18,7 @@ from poisonlab.config import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, snakemake
-RUNS = "results/runs/mnist5k/clean/none/smallcnn/tiny"
+RUNS = "results/runs/mnist5k/clean/none/tinycnn/tiny"
 OUTS = ("data", "results", "paper/baselines/tables")
 
 
@@ -135,7 +135,7 @@ def test_repro_push_delete_pull_gives_back_the_same_bytes_and_retrains_nothing(d
     # cells as metrics (cache: false: git keeps them, so `dvc metrics diff` compares commits).
     assert run(repo, "git", "status", "--porcelain", env=env).splitlines() == [
         "?? dvc.lock", "?? paper/baselines/metrics/"]
-    final = json.loads((repo / "paper/baselines/metrics/baselines.json").read_text())["smallcnn"]["final"]
+    final = json.loads((repo / "paper/baselines/metrics/baselines.json").read_text())["tinycnn"]["final"]
     assert json.dumps(final) in run(repo, dvc, "metrics", "show", "--json", env=env)  # `dvc metrics` reads them
 
     # Nothing changed: DVC does not even call Snakemake. What .dvcignore leaves out (byte-code in a

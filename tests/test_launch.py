@@ -47,13 +47,13 @@ def config(data_root, mlflow_uri, tmp_path) -> dict:
     return config
 
 
-def metrics(config: dict, seed: int, arch: str = "smallcnn") -> dict:
+def metrics(config: dict, seed: int, arch: str = "tinycnn") -> dict:
     path = Path(config["paths"]["results"]) / "runs" / "mnist5k" / "clean" / "none" / arch / config["recipe"] / f"seed{seed}"
     return json.loads((path / "metrics.json").read_text())
 
 
 def test_debug_executor_trains_each_seed_and_writes_the_contract(config, tmp_path):
-    jobs = launch_sweep(config, archs=["smallcnn"], seeds=[0, 1], executor="debug", folder=tmp_path / "logs")
+    jobs = launch_sweep(config, archs=["tinycnn"], seeds=[0, 1], executor="debug", folder=tmp_path / "logs")
     assert [job.result()["seed"] for job in jobs] == [0, 1]
     for seed in (0, 1):
         on_disk = metrics(config, seed)
@@ -64,7 +64,7 @@ def test_debug_executor_trains_each_seed_and_writes_the_contract(config, tmp_pat
 def test_local_executor_result_is_the_record_on_disk_and_logs_to_the_inherited_store(config, mlflow_uri, tmp_path):
     import mlflow
 
-    [job] = launch_sweep(config, archs=["smallcnn"], seeds=[0], executor="local", folder=tmp_path / "logs")
+    [job] = launch_sweep(config, archs=["tinycnn"], seeds=[0], executor="local", folder=tmp_path / "logs")
     record = job.result()
     assert record == metrics(config, 0)
     # The subprocess saw this test's MLFLOW_TRACKING_URI: its run is in this store, not the project's mlflow.db.
@@ -74,23 +74,23 @@ def test_local_executor_result_is_the_record_on_disk_and_logs_to_the_inherited_s
 
 
 def test_a_second_launch_skips_finished_runs(config, tmp_path):
-    [first] = launch_sweep(config, archs=["smallcnn"], seeds=[0], executor="debug", folder=tmp_path / "logs")
+    [first] = launch_sweep(config, archs=["tinycnn"], seeds=[0], executor="debug", folder=tmp_path / "logs")
     first.result()
     # Debug jobs run only when their result is asked for: seed 1 is submitted, never trained here.
-    jobs = launch_sweep(config, archs=["smallcnn"], seeds=[0, 1, 1], executor="debug", folder=tmp_path / "logs")
+    jobs = launch_sweep(config, archs=["tinycnn"], seeds=[0, 1, 1], executor="debug", folder=tmp_path / "logs")
     assert [job.submission().kwargs["spec"].seed for job in jobs] == [1]
-    assert launch_sweep(config, archs=["smallcnn"], seeds=[0], executor="debug", folder=tmp_path / "logs") == []
+    assert launch_sweep(config, archs=["tinycnn"], seeds=[0], executor="debug", folder=tmp_path / "logs") == []
 
 
 @pytest.mark.parametrize("change,message", [
     ({"executor": "kubernetes"}, "unknown executor 'kubernetes'; known executors: debug, local, slurm"),
-    ({"archs": ["smallcnn", "resnet50"]}, "unknown arch 'resnet50'; known archs: densenet121"),
+    ({"archs": ["tinycnn", "resnet50"]}, "unknown arch 'resnet50'; known archs: densenet121"),
     ({"recipe": "fast"}, "unknown recipe 'fast'; the config defines: embedded, tiny"),
     ({"dataset": "cifar10"}, "cifar10.npz does not exist; build it with `snakemake --profile local"),
 ])
 def test_bad_names_stop_before_anything_is_submitted(config, tmp_path, change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        launch_sweep(config, **{"archs": ["smallcnn"], "seeds": [0], "executor": "local",
+        launch_sweep(config, **{"archs": ["tinycnn"], "seeds": [0], "executor": "local",
                                 "folder": tmp_path / "logs", **change})
     assert not (tmp_path / "logs").exists() and not (tmp_path / "results").exists()
 
@@ -122,7 +122,7 @@ def test_cli_launch_prints_each_job_and_with_debug_its_accuracy(config, tmp_path
     argv = ["launch", "--config", "config.yaml", "--executor", "debug", "--seed", "0", "--seed", "1"]
     assert cli(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    run_dir = str(Path(config["paths"]["results"]) / "runs/mnist5k/clean/none/smallcnn" / config["recipe"] / "seed1")
+    run_dir = str(Path(config["paths"]["results"]) / "runs/mnist5k/clean/none/tinycnn" / config["recipe"] / "seed1")
     assert re.fullmatch(rf"DEBUG_\d+\t{re.escape(run_dir)}", lines[1])
     assert lines[3] == f"{run_dir}\tfinal_test_acc {metrics(config, 1)['final_test_acc']:.2f}"
     assert cli(argv) == 0 and capsys.readouterr().out == "skipped 2 finished run(s)\n"
@@ -136,10 +136,10 @@ def test_cli_train_writes_where_the_train_rule_would_with_its_defense_options(co
     train = ["--config", str(tmp_path / "config.yaml"), "train", "--no-progress", "--defense"]
     assert cli([*train, "cutout"]) == 0
     # The configured results folder, the config's dataset, first arch and recipe, the defense's options.
-    run_dir = Path(config["paths"]["results"]) / "runs/mnist5k/clean/cutout/smallcnn/tiny/seed0"
+    run_dir = Path(config["paths"]["results"]) / "runs/mnist5k/clean/cutout/tinycnn/tiny/seed0"
     record = json.loads((run_dir / "metrics.json").read_text())
     assert (record["defense"], record["defense_options"], record["recipe"]) == ("cutout", {"size": 7}, "tiny")
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["run"] == "mnist5k/clean/cutout/smallcnn/tiny/seed0"
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["run"] == "mnist5k/clean/cutout/tinycnn/tiny/seed0"
     # A data-level defense trains on its sanitized container, under the configured data folder.
     assert cli([*train, "grayscale"]) == 2
     sanitized = Path(config["paths"]["data"]) / "sanitized/mnist5k/clean/grayscale.npz"

@@ -79,7 +79,7 @@ def test_stand_ins_collapse_datasets_and_archs_the_scale_does_not_run():
     assert [c.run.arch for c in table(paper_scale, "architectures").cells if c.row == "AR (ours)"] == [
         "resnet18", "vgg16", "densenet121", "mobilenetv2", "vit-small"]
     assert [(c.column, c.run.arch) for c in table(embedded, "architectures").cells if c.row == "AR (ours)"] == [
-        ("ResNet-18", "smallcnn")]
+        ("ResNet-18", "tinycnn")]
 
 
 def test_a_label_may_set_several_fields_and_shared_cells_are_one_run():
@@ -141,7 +141,7 @@ def test_axes_take_their_names_from_the_config_in_its_order():
     assert list(grids) == ["baselines"] and list(grids["baselines"]["tables"]) == ["poisons", "evaluations"]
     poisons, evaluations = paper_tables("baselines", grids["baselines"], config)
     assert [(c.row, c.column, c.metric, c.run.arch) for c in poisons.cells] == [
-        (row, column, metric, "smallcnn") for row in ("clean", "cuda", "ar")
+        (row, column, metric, "tinycnn") for row in ("clean", "cuda", "ar")
         for column, metric in (("final", "final_test_acc"), ("peak", "peak_test_acc"))]
     # One group of columns a configured evaluation, in the config's order; each reads its evaluation's json.
     clean = [c for c in evaluations.cells if c.row == "clean"]
@@ -245,7 +245,7 @@ def write_fixture_runs(repo: Path) -> dict[tuple[str, str], list[Path]]:
     for (poison, defense), accuracies in FIXTURE_ACCURACY.items():
         paths[poison, defense] = []
         for seed, accuracy in enumerate(accuracies):
-            path = repo / f"results/runs/mnist5k/{poison}/{defense}/smallcnn/embedded/seed{seed}/metrics.json"
+            path = repo / f"results/runs/mnist5k/{poison}/{defense}/tinycnn/embedded/seed{seed}/metrics.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"poison": poison, "defense": defense, "seed": seed,
                                         "final_test_acc": accuracy, "peak_test_acc": accuracy + 1}))

@@ -348,15 +348,17 @@ def test_jobs_train_evaluate_synthesise_and_draw(small, mnist5k, tmp_path, monke
     weights = torch.load(tmp_path / "advprop" / "model.pt", weights_only=True)
     build_seg_model("tinyunet", num_classes=11, in_channels=1, **TINY).load_state_dict(weights)  # main BNs only
 
-    torch.manual_seed(0)  # the judge: any smallcnn run's weights and the container it was trained on
-    torch.save(build_model("smallcnn", num_classes=10, in_channels=1, image_size=28).state_dict(), tmp_path / "cnn.pt")
+    torch.manual_seed(0)  # the judge: any classifier run's weights, its record (the arch) and its training container
+    (tmp_path / "judge").mkdir()
+    torch.save(build_model("tinycnn", num_classes=10, in_channels=1, image_size=28).state_dict(), tmp_path / "judge/model.pt")
+    (tmp_path / "judge/metrics.json").write_text(json.dumps({"arch": "tinycnn"}))
     mnist5k.save(tmp_path / "mnist5k.npz")
     robust = robustness_run(tmp_path / "advprop", tmp_path / "seg.npz", tmp_path / "robustness.json",
                             tmp_path / "examples.npz", count=6, epsilon=0.1, step_size=0.05, keep=2,
                             attacks={"clean": {"attack": "none"}, "bim-2": {"attack": "bim", "steps": 2},
                                      "pgd-3": {"attack": "pgd", "steps": 3, "restarts": 2}})
     assert set(robust["results"]) == {"clean", "bim-2", "pgd-3"} and robust["count"] == 6
-    judges = {"classifier_path": tmp_path / "cnn.pt", "classifier_data_path": tmp_path / "mnist5k.npz",
+    judges = {"classifier_path": tmp_path / "judge/model.pt", "classifier_data_path": tmp_path / "mnist5k.npz",
               "transfer_run_dir": tmp_path / "standard"}
     for task in ("inpaint", "generate"):
         out = synthesis_run(tmp_path / "advprop", tmp_path / "seg.npz", tmp_path / f"{task}.json",

@@ -60,7 +60,7 @@ def test_tiny_dag_builds_the_robust_seg_tables_and_figures_then_does_nothing(scr
     # The judge: a standard net of another seed, trained with its own MLflow run; the classifier: the main job's.
     judge = json.loads((scratch_repo / RUNS / "standard/seg-tinyunet/seed1/metrics.json").read_text())
     assert judge["procedure"] == "standard" and judge["seed"] == 1 and judge["run_key"]
-    assert (scratch_repo / "results/runs/mnist5k/clean/none/smallcnn/tiny/seed0/model.pt").exists()
+    assert (scratch_repo / "results/runs/mnist5k/clean/none/tinycnn/tiny/seed0/model.pt").exists()
 
     again = snakemake(scratch_repo, "--profile", "local", "robust-seg_tables", *TINY, "-n", env=workflow_env)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -37,7 +37,7 @@ def test_tiny_dag_runs_through_sbatch(cluster_workdir, scratch_repo, workflow_en
                 env={**workflow_env, **cluster.env, "PATH": f"{cluster.workdir / 'bin'}:{workflow_env['PATH']}"},
             )
             seconds = time.perf_counter() - started
-            runs = sorted((scratch_repo / "results/runs/mnist5k/clean/none/smallcnn/tiny").glob("seed*/metrics.json"))
+            runs = sorted((scratch_repo / "results/runs/mnist5k/clean/none/tinycnn/tiny").glob("seed*/metrics.json"))
             records = [json.loads(path.read_text()) for path in runs]
             assert [r["seed"] for r in records] == [0, 1]
             job_ids = [r["slurm_job_id"] for r in records]

@@ -23,7 +23,7 @@ from poisonlab.models import MODELS
 from poisonlab.poisons import POISONS
 from poisonlab.reporting import TABLE_COLUMNS
 
-RUN = "results/runs/mnist5k/clean/none/smallcnn/{recipe}/seed{seed}"
+RUN = "results/runs/mnist5k/clean/none/tinycnn/{recipe}/seed{seed}"
 
 
 def test_schema_enums_are_the_registries():
@@ -150,11 +150,11 @@ def test_embedded_dag_builds_the_baselines_table_then_does_nothing(scratch_repo,
     first_seconds = time.perf_counter() - started
 
     metrics = json.loads((scratch_repo / RUN.format(recipe="embedded", seed=0) / "metrics.json").read_text())
-    assert metrics["final_test_acc"] >= 95.0
+    assert metrics["final_test_acc"] >= 93.0
     table = pl.read_csv(scratch_repo / "paper/baselines/tables/baselines.csv")
     assert tuple(table.columns) == TABLE_COLUMNS
     final = table.filter(pl.col("column") == "final").row(0, named=True)
-    assert (final["row"], final["scale"], final["dataset"], final["n_seeds"]) == ("smallcnn", "embedded", "mnist5k", 1)
+    assert (final["row"], final["scale"], final["dataset"], final["n_seeds"]) == ("tinycnn", "embedded", "mnist5k", 1)
     assert final["ours"] == pytest.approx(metrics["final_test_acc"])
     assert f"{metrics['final_test_acc']:.2f}" in (scratch_repo / "paper/baselines/tables/baselines.md").read_text()
     assert f"{metrics['final_test_acc']:.2f}" in (scratch_repo / "paper/baselines/tables/baselines.tex").read_text()
@@ -228,17 +228,17 @@ def test_poisons_defenses_and_evaluations_run_through_the_dag(scratch_repo, work
     runs = scratch_repo / "results/runs/mnist5k"
     table = pl.read_csv(scratch_repo / "paper/baselines/tables/defenses.csv")
     for row in table.iter_rows(named=True):
-        metrics = json.loads((runs / row["row"] / row["column"] / "smallcnn/tiny/seed0/metrics.json").read_text())
+        metrics = json.loads((runs / row["row"] / row["column"] / "tinycnn/tiny/seed0/metrics.json").read_text())
         assert (metrics["poison"], metrics["defense"]) == (row["row"], row["column"])
         assert row["ours"] == pytest.approx(metrics["final_test_acc"])
     assert sorted(set(table["column"])) == ["cutout", "grayscale", "none"]
-    assert json.loads((runs / "cuda/grayscale/smallcnn/tiny/seed0/metrics.json").read_text()
+    assert json.loads((runs / "cuda/grayscale/tinycnn/tiny/seed0/metrics.json").read_text()
                       )["data_meta"]["defense"]["name"] == "grayscale"
 
     evaluations = pl.read_csv(scratch_repo / "paper/baselines/tables/evaluations.csv")
     assert sorted(set(evaluations["row"])) == ["clean", "cuda"]
     for poison in ("clean", "cuda"):
-        run_dir = runs / poison / "none/smallcnn/tiny/seed0"
+        run_dir = runs / poison / "none/tinycnn/tiny/seed0"
         for evaluation in ("peak", "linsep", "dfr"):
             record = json.loads((run_dir / f"{evaluation}.json").read_text())
             assert record["evaluation"] == evaluation and record["poison"] == poison

@@ -140,12 +140,14 @@ def load_user_model(arch: str, checkpoint: str | os.PathLike, *, num_classes: in
     return model.to(device).eval(), Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
 
 
-def load_classifier(model_path: str | os.PathLike, data_path: str | os.PathLike, *, arch: str = "smallcnn",
+def load_classifier(model_path: str | os.PathLike, data_path: str | os.PathLike, *,
                     device: str = "cpu") -> tuple[torch.nn.Module, Normalizer]:
-    """The independent judge: a classifier run's ``model.pt`` and the normalisation its training set gave it."""
+    """The independent judge: a classifier run's ``model.pt`` (its arch read from the run's ``metrics.json``
+    beside it) and the normalisation its training set gave it."""
     from poisonlab.data.container import ImageDataset
     from poisonlab.models import build_model
 
+    arch = json.loads((Path(model_path).parent / "metrics.json").read_text())["arch"]
     dataset = ImageDataset.load(data_path)
     height, _, channels = dataset.image_shape
     model = build_model(arch, num_classes=dataset.num_classes, in_channels=channels, image_size=height)
@@ -205,7 +207,7 @@ def synthesis_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, json
     """Inpaint (``task`` "inpaint") or generate ("generate") ``count`` test canvases with a run's net, and score them.
 
     The judges are independent of the optimising net: the classifier run at ``classifier_path`` (trained on
-    ``classifier_data_path``, the main job's clean smallcnn on mnist5k) and the standard net of
+    ``classifier_data_path``, the main job's clean run on mnist5k) and the standard net of
     ``transfer_run_dir`` (another seed). ``target``: ``box`` (each digit's box filled with its class: the
     shape left to the net) or ``map`` (the ground truth, which draws the stroke; see ``synthesis.shapeless``).
     Writes the metrics (``json_path``) and the images (``arrays_path``).

@@ -31,7 +31,7 @@ class SegSettings:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     procedures: dict[str, dict[str, Any]] = field(default_factory=dict)
     judge_seed: int = 1
-    classifier: dict[str, Any] = field(default_factory=lambda: {"dataset": "mnist5k", "arch": "smallcnn", "seed": 0})
+    classifier: dict[str, Any] = field(default_factory=lambda: {"dataset": "mnist5k", "arch": "tinycnn", "seed": 0})
     robustness: dict[str, Any] = field(default_factory=dict)
     synthesis: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, dict[str, int]] = field(default_factory=dict)

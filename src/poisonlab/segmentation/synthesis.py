@@ -22,7 +22,7 @@ the reconstruction of design note §1.3 after Santurkar et al. 2019
   ``minimize``); both keep the image in [0, 1].
 
 The metrics do not trust the optimising net: whether an independently trained
-MNIST classifier (the main job's clean smallcnn) recognises the digit drawn in
+MNIST classifier (the main job's clean run) recognises the digit drawn in
 a cell; PSNR and SSIM of the inpainted box against the original; the mIoU of
 the result under an independently seeded standard segmentation net (transfer).
 The optimising net's own mIoU is the control: it is high for every model.
