@@ -13,6 +13,10 @@ configfile: "config/config.yaml"
 configfile: scale_configfile(config)
 
 
+# `snakemake --report report.html` after a run: every paper's tables and figures on one page.
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/poisons.smk"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from poisonlab import tracking
+from poisonlab import stale_runs, tracking
 from poisonlab.config import (
     get_dataset_options,
     get_defense_options,
@@ -88,7 +88,7 @@ onstart:
     )
     tracking.sync()  # what an earlier, killed DAG left unreplayed
     # Runs of jobs killed in an earlier DAG are closed as KILLED (a rerun resumes into its own run).
-    tracking.close_stale_runs(results=config["paths"]["results"])
+    stale_runs.close_stale_runs(results=config["paths"]["results"])
     tracking.sync_in_background()
 
 
@@ -192,14 +192,21 @@ def get_figure_inputs(wildcards):
     return [arguments["clean"], arguments["poisoned"]]
 
 
+def get_paper_title(wildcards):
+    return GRIDS[wildcards.slug]["title"]
+
+
 def get_paper_outputs(slug):
-    """A grid's tables (csv, md, tex, and their cells as DVC metrics) and figures (pdf, png)."""
+    """A grid's tables (csv, md, tex, html, and their cells as DVC metrics) and figures (pdf, png)."""
     tables = [
         path
         for (table_slug, name) in PAPER_TABLES
         if table_slug == slug
         for path in [
-            *(f"{PATHS.table(slug, name)}.{ext}" for ext in ("csv", "md", "tex")),
+            *(
+                f"{PATHS.table(slug, name)}.{ext}"
+                for ext in ("csv", "md", "tex", "html")
+            ),
             PATHS.table_metrics(slug, name),
         ]
     ]

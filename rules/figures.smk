@@ -6,7 +6,13 @@ rule paper_figure:
         get_figure_inputs,
     output:
         pdf=f"{PATHS.figure()}.pdf",
-        png=f"{PATHS.figure()}.png",
+        png=report(
+            f"{PATHS.figure()}.png",
+            caption="../workflow/report/figure.rst",
+            category="{slug}",
+            subcategory="figures",
+            labels={"figure": "{figure}"},
+        ),
     log:
         "logs/figures/{slug}/{figure}.log",
     benchmark:
@@ -16,5 +22,6 @@ rule paper_figure:
             (wildcards.slug, wildcards.figure)
         ].figure,
         arguments=get_figure_arguments,
+        paper=get_paper_title,
     script:
         "../workflow/scripts/figure.py"

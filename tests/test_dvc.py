@@ -129,7 +129,7 @@ def test_repro_push_delete_pull_gives_back_the_same_bytes_and_retrains_nothing(d
     expected = {"data/clean/mnist5k.npz",
                 *(f"{RUNS}/seed{seed}/{name}" for seed in (0, 1)
                   for name in ("metrics.json", "model.pt", "epochs/epoch001.pt", "epochs/epoch002.pt")),
-                *(f"paper/baselines/tables/baselines.{ext}" for ext in ("csv", "md", "tex"))}
+                *(f"paper/baselines/tables/baselines.{ext}" for ext in ("csv", "md", "tex", "html"))}
     assert set(built) == expected
     # The outputs were git-ignored already: DVC adds no .gitignore entries; new are dvc.lock and the table's
     # cells as metrics (cache: false: git keeps them, so `dvc metrics diff` compares commits).

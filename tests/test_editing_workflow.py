@@ -1,4 +1,5 @@
-"""jpeg-photoguard in the DAG: a tiny end-to-end run of its tables and figure, and the paper scale's GPU jobs."""
+"""jpeg-photoguard in the DAG: a tiny end-to-end run of its tables, figure and HTML report, and the paper scale's
+GPU jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import polars as pl
 import pytest
 
-from helpers import snakemake
+from helpers import report_in_chromium, snakemake
 from poisonlab.reporting import Cell, build_table
 
 TINY = ["--configfile", "tests/fixtures/editing-tiny.yaml"]
@@ -26,7 +27,7 @@ def test_a_list_valued_metric_makes_a_cell_the_mean_and_std_over_its_items(tmp_p
     assert mean["ours"] == pytest.approx(0.5) and mean["ours_std"] is None
 
 
-def test_tiny_dag_builds_the_jpeg_sweep_tables_and_figure_then_does_nothing(scratch_repo, workflow_env):
+def test_tiny_dag_builds_the_jpeg_sweep_tables_figure_and_report_then_does_nothing(scratch_repo, workflow_env):
     snakemake(scratch_repo, "--profile", "local", "jpeg-photoguard_tables", *TINY, env=workflow_env)
 
     sweep = pl.read_csv(scratch_repo / "paper/jpeg-photoguard/tables/jpeg-sweep.csv")
@@ -51,6 +52,15 @@ def test_tiny_dag_builds_the_jpeg_sweep_tables_and_figure_then_does_nothing(scra
 
     again = snakemake(scratch_repo, "--profile", "local", "jpeg-photoguard_tables", *TINY, "-n", env=workflow_env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # The report a reader opens: the paper's category holds its figure (drawn) and both tables (the csv's cells).
+    snakemake(scratch_repo, "jpeg-photoguard_tables", *TINY, "--report", "report.html", env=workflow_env)
+    shown = report_in_chromium(scratch_repo / "report.html", "jpeg-photoguard")
+    assert shown["figures"]["examples"] > 0
+    assert sorted(shown["tables"]) == ["edit-quality", "image-quality", "image-ssim", "jpeg-sweep"]
+    header, *rows = shown["tables"]["jpeg-sweep"]
+    assert header == ["", "none", "jpeg-95", "jpeg-50"] and [row[0] for row in rows] == ["clean (control)", "encoder-eps8"]
+    assert rows[1][1].startswith(f"{cells['encoder-eps8', 'none']['ours']:.2f}")
 
 
 def test_paper_scale_dry_run_gives_the_attacks_and_sweeps_gpus(scratch_repo, workflow_env):

@@ -21,7 +21,6 @@ import ctypes
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import apt_install, which
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 # Every binary the helper or its callers run; the four packages above provide them all.
@@ -84,8 +85,6 @@ FINISHED_STATES = frozenset(
         "TIMEOUT",
     }
 )
-# Root's PATH on a CI runner may lack the sbin directories the daemons live in.
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
 # Unix socket paths (munged's, slurmd's per-step sockets under the spool dir) are
 # limited to 108 bytes; leave room for the file names Slurm appends.
 _MAX_WORKDIR_LEN = 70
@@ -171,35 +170,11 @@ class SlurmCluster:
         return "\n".join(parts)
 
 
-def _which(program: str) -> str | None:
-    return shutil.which(program, path=_SEARCH_PATH)
-
-
 def ensure_slurm_installed(timeout: float = 900) -> None:
     """Install the Debian packages if a required program is missing; raise SlurmUnavailable if that is impossible."""
-    missing = [p for p in REQUIRED_PROGRAMS if _which(p) is None]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable(
-            f"Slurm programs missing ({', '.join(missing)}) and not root, so cannot apt-get install them"
-        )
-    if _which("apt-get") is None:
-        raise SlurmUnavailable(f"Slurm programs missing ({', '.join(missing)}) and no apt-get to install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Recommends would pull ~30 more plugin and -dev packages this cluster never loads.
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    for cmd in (["apt-get", "update"], install):
-        try:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SlurmUnavailable(f"`{shlex.join(cmd)}` did not finish within {timeout} s") from None
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            raise SlurmUnavailable(f"`{shlex.join(cmd)}` failed with exit code {result.returncode}:\n{tail}")
-    still_missing = [p for p in REQUIRED_PROGRAMS if _which(p) is None]
-    if still_missing:
-        raise SlurmUnavailable(f"installed {' '.join(PACKAGES)} but still missing {', '.join(still_missing)}")
+    reason = apt_install(PACKAGES, REQUIRED_PROGRAMS, timeout)
+    if reason is not None:
+        raise SlurmUnavailable(f"Slurm: {reason}")
 
 
 def _free_port() -> int:
@@ -278,7 +253,7 @@ def _write_wrappers(bin_dir: Path, conf: Path) -> None:
     """
     bin_dir.mkdir(exist_ok=True)
     for name in CLIENT_PROGRAMS:
-        real = _which(name)
+        real = which(name)
         if real is None:
             continue
         wrapper = bin_dir / name
@@ -342,10 +317,10 @@ def _wait_until(
 def _munge_round_trip(socket_path: Path) -> bool:
     """Whether munged at socket_path encodes and decodes a credential, as Slurm will ask it to."""
     sock = f"--socket={socket_path}"
-    cred = subprocess.run([_which("munge"), "--no-input", sock], capture_output=True)
+    cred = subprocess.run([which("munge"), "--no-input", sock], capture_output=True)
     if cred.returncode != 0:
         return False
-    return subprocess.run([_which("unmunge"), sock], input=cred.stdout, capture_output=True).returncode == 0
+    return subprocess.run([which("unmunge"), sock], input=cred.stdout, capture_output=True).returncode == 0
 
 
 def _node_state(cluster: SlurmCluster) -> str:
@@ -394,13 +369,13 @@ def local_slurm_cluster(workdir: Path, start_timeout: float = 60) -> Iterator[Sl
     key = munge_dir / "munge.key"
     if not key.exists():
         # mungekey writes the key with mode 0600 owned by us, which is what munged demands.
-        subprocess.run([_which("mungekey"), "--create", "--keyfile", str(key)], check=True, capture_output=True)
+        subprocess.run([which("mungekey"), "--create", "--keyfile", str(key)], check=True, capture_output=True)
     socket_path = munge_dir / "munge.socket"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         procs["munged"] = _start(
             [
-                _which("munged"),
+                which("munged"),
                 "--foreground",
                 # munged refuses a socket whose directory (or a parent) is not world-executable,
                 # as pytest's and mkdtemp's 0700 dirs are; --force downgrades that to a warning.
@@ -420,7 +395,7 @@ def local_slurm_cluster(workdir: Path, start_timeout: float = 60) -> Iterator[Sl
         # -D keeps the daemons in the foreground as our children; -c starts without the
         # jobs and node states a reused workdir may hold.
         procs["slurmctld"] = _start(
-            [_which("slurmctld"), "-D", "-c", "-f", str(conf)], workdir / "log" / "slurmctld.log", env
+            [which("slurmctld"), "-D", "-c", "-f", str(conf)], workdir / "log" / "slurmctld.log", env
         )
         _wait_until(
             lambda: " is UP" in cluster.run(["scontrol", "ping"], check=False).stdout,
@@ -430,7 +405,7 @@ def local_slurm_cluster(workdir: Path, start_timeout: float = 60) -> Iterator[Sl
             procs,
         )
         # slurmd's stderr repeats its log file, plus errors from before it opened that file.
-        procs["slurmd"] = _start([_which("slurmd"), "-D", "-f", str(conf)], workdir / "log" / "slurmd.stderr", env)
+        procs["slurmd"] = _start([which("slurmd"), "-D", "-f", str(conf)], workdir / "log" / "slurmd.stderr", env)
 
         def node_idle() -> bool:
             state = _node_state(cluster)

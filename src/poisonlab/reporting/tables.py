@@ -3,8 +3,9 @@
 A table is a list of cells; a cell is one (row, column) of the paper's layout,
 one metric, and the runs — one per seed — it averages. The tidy csv has a row
 a cell: ``table, row, column, dataset, scale, metric, ours, ours_std,
-n_seeds, reported, reported_bound``; the markdown and LaTeX beside it show the
-same numbers wide, rows and columns in the order the cells were given.
+n_seeds, reported, reported_bound``; the markdown, LaTeX and HTML beside it
+show the same numbers wide, rows and columns in the order the cells were given
+(the HTML is the table Snakemake's report shows inline).
 ``reported_bound`` is empty, or the sign of a reported bound (">" where the
 source says only "more than 87%"), so ``reported`` stays a number.
 """
@@ -16,6 +17,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from html import escape as escape_html
 from pathlib import Path
 
 import polars as pl
@@ -150,16 +152,37 @@ def render_latex(table: pl.DataFrame, title: str | None = None) -> str:
     return "\n".join(body) + "\n"
 
 
+def render_html(table: pl.DataFrame, title: str | None = None) -> str:
+    """A page of its own: Snakemake's report shows an HTML result inline (a csv only as a download)."""
+    rows, columns, texts = _wide(table, plus_minus=" ± ")
+    head = "".join(f"<th>{escape_html(c)}</th>" for c in ["", *columns])
+    body = "\n".join("<tr><th>" + escape_html(row) + "</th>"
+                     + "".join(f"<td>{escape_html(texts.get((row, c), ''))}</td>" for c in columns) + "</tr>"
+                     for row in rows)
+    caption = escape_html(_caption(table, title))
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>' + escape_html(title or table["table"][0])
+            + "</title><style>table{border-collapse:collapse;font-family:sans-serif}th,td{padding:.2em .6em;"
+            "border-bottom:1px solid #ccc;text-align:right}th:first-child{text-align:left}"
+            "caption{caption-side:bottom;padding-top:.5em}</style></head><body>\n"
+            f"<table>\n<caption>{caption}</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n"
+            "</table>\n</body></html>\n")
+
+
 def write_table(table: pl.DataFrame, *, csv: str | os.PathLike, md: str | os.PathLike,
-                tex: str | os.PathLike, metrics: str | os.PathLike | None = None, title: str | None = None) -> None:
-    """The tidy csv, then the same table wide in markdown and LaTeX (``title`` leads their caption), and with
-    ``metrics`` its cells as ``{row: {column: ours}}`` json, the flat form ``dvc metrics`` reads (null for NaN)."""
+                tex: str | os.PathLike, html: str | os.PathLike | None = None,
+                metrics: str | os.PathLike | None = None, title: str | None = None) -> None:
+    """The tidy csv, then the same table wide in markdown, LaTeX and (with ``html``) HTML (``title`` leads their
+    caption), and with ``metrics`` its cells as ``{row: {column: ours}}`` json, the flat form ``dvc metrics``
+    reads (null for NaN)."""
     with atomic_path(csv) as tmp:
         table.write_csv(tmp)
     with atomic_path(md) as tmp:
         tmp.write_text(render_markdown(table, title))
     with atomic_path(tex) as tmp:
         tmp.write_text(render_latex(table, title))
+    if html is not None:
+        with atomic_path(html) as tmp:
+            tmp.write_text(render_html(table, title))
     if metrics is not None:
         cells: dict[str, dict[str, float | None]] = {}
         for row in table.iter_rows(named=True):
