@@ -1,4 +1,5 @@
-"""MLflow states that match the DAG: a killed job's run is closed at the next DAG's start, a rerun resumes into it."""
+"""MLflow states that match the DAG: a killed job's run is closed at the next DAG's start, a rerun resumes into it;
+papers' outputs in their own runs; a tracking server fed by concurrent jobs and syncs."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import json
 import os
 import socket
 import subprocess
+import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers import quadrant_dataset, snakemake
-from poisonlab import tracking
+from helpers import ROOT, quadrant_dataset, snakemake
+from poisonlab import stale_runs, tracking
 
 # A training job: the toy cell's run, SIGKILLed by itself right after epoch ``kill_after`` is checkpointed and logged
 # (no clean-up of any kind, as when a node dies); ``kill_after`` 0 trains to the end.
@@ -80,9 +83,9 @@ def test_killed_training_jobs_are_closed_at_the_next_start_and_a_rerun_finishes_
     (results / "runs" / cell[1] / "checkpoint.pt").unlink()  # seed 1 can no longer resume: its run is dead
 
     # The next DAG starts: both runs are closed, the one with a checkpoint marked as resumable.
-    assert len(tracking.close_stale_runs(results)) == 2
+    assert len(stale_runs.close_stale_runs(results)) == 2
     assert runs_by_cell(store) == {cell[0]: [("KILLED", "true")], cell[1]: [("KILLED", "false")]}
-    assert tracking.close_stale_runs(results) == []  # nothing left open
+    assert stale_runs.close_stale_runs(results) == []  # nothing left open
 
     for seed in (0, 1):  # its jobs: seed 0 resumes into its run, seed 1 starts a new one
         rerun = train_job(data, results, seed)
@@ -126,7 +129,7 @@ def test_only_runs_seen_alive_stay_running(store, tmp_path, monkeypatch):
     (tmp_path / "bin" / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
 
-    closed = tracking.close_stale_runs(tmp_path / "results")
+    closed = stale_runs.close_stale_runs(tmp_path / "results")
     states = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
     assert states == {"this process": "RUNNING", "a dead process": "KILLED", "another host": "KILLED",
                       "a queued slurm job": "RUNNING", "an ended slurm job": "KILLED",
@@ -202,3 +205,77 @@ def test_an_evaluation_lands_in_its_runs_mlflow_run_and_experiments_open_as_mode
     assert not list(tracking.journal_dir().glob("*.jsonl"))
     experiment = client.get_experiment_by_name(tracking.experiment_name("quadrants"))
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_papers_tables_and_figures_are_artifacts_of_its_run_and_a_cell_names_its_runs(store, tmp_path):
+    import mlflow
+
+    tables, figures = tmp_path / "paper/p/tables", tmp_path / "paper/p/figures"
+    tables.mkdir(parents=True)
+    figures.mkdir(parents=True)
+    for path in (tables / "grid.csv", tables / "grid.html", figures / "curves.png"):
+        path.write_text(path.name)
+    cells = {"clean | none": ["results/runs/a/seed0", "results/runs/a/seed1"]}
+    tracking.log_paper_outputs("p", "embedded", "A paper (2024)", "tables", [str(tables / "grid.csv"),
+                                                                             str(tables / "grid.html")], cells=cells)
+    tracking.log_paper_outputs("p", "embedded", "A paper (2024)", "figures", [str(figures / "curves.png")])
+    assert tracking.sync() == 4  # each: the paper's run, its files
+    # A rebuilt table is logged into the same run, not a second one.
+    tracking.log_paper_outputs("p", "embedded", "A paper (2024)", "tables", [str(tables / "grid.csv")], cells=cells)
+    tracking.sync()
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name(tracking.PAPERS_EXPERIMENT)
+    [run] = client.search_runs([experiment.experiment_id])
+    assert (run.info.run_name, run.info.status, run.data.tags["poisonlab.scale"]) == ("p (embedded)", "FINISHED",
+                                                                                    "embedded")
+    listed = {folder: sorted(a.path for a in client.list_artifacts(run.info.run_id, folder))
+              for folder in ("tables", "figures")}
+    assert listed == {"tables": ["tables/grid.cells.json", "tables/grid.csv", "tables/grid.html"],
+                      "figures": ["figures/curves.png"]}
+    followed = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/tables/grid.cells.json")
+    assert followed == cells
+    assert [path.name for path in tracking.journal_dir().iterdir()] == [".sync.lock"]  # replayed once, then gone
+
+
+@pytest.mark.slow
+def test_two_concurrent_jobs_and_syncs_log_to_a_tracking_server(tmp_path, monkeypatch):
+    """The cluster setup of the README: an MLflow server (here on loopback), two jobs training at once, and two
+    syncs at once (the DAG's thread and a `poisonlab sync` by hand) replaying their journals into it."""
+    import mlflow
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        client = mlflow.MlflowClient(uri)
+        for _ in range(120):  # its start-up: seconds
+            try:
+                client.search_experiments()
+                break
+            except Exception:
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.chdir(tmp_path)  # the journals go to mlflow-journal/ here, as at a project root
+        tracking.init_store([tracking.experiment_name("quadrants")])
+        data = tmp_path / "quadrants.npz"
+        quadrant_dataset(n_train=128).save(data)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        jobs = [subprocess.Popen([sys.executable, "-c", TRAIN_JOB, str(data), str(tmp_path / f"runs/seed{seed}"),
+                                  str(seed), "0"], cwd=tmp_path, env=env) for seed in (0, 1)]
+        sync = [str(Path(sys.executable).parent / "poisonlab"), "--config", str(ROOT / "config/config.yaml"), "sync"]
+        syncs = [subprocess.Popen(sync, cwd=tmp_path, env=env) for _ in range(2)]
+        assert [job.wait(timeout=300) for job in jobs + syncs] == [0, 0, 0, 0]
+        tracking.sync()  # what the two syncs, started before the jobs ended, had not seen yet
+        runs = client.search_runs([client.get_experiment_by_name(tracking.experiment_name("quadrants")).experiment_id])
+        assert sorted((run.info.run_name, run.info.status) for run in runs) == [
+            ("quadrants/clean/none/smallcnn/toy/seed0", "FINISHED"), ("quadrants/clean/none/smallcnn/toy/seed1", "FINISHED")]
+        for run in runs:  # every epoch once: the two syncs never replayed a line twice
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [1, 2, 3, 4]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -22,7 +22,7 @@ Run states follow the DAG, so the UI shows one live run per cell:
   FAILED when its job raised.
 - A job killed outright (SIGKILL, a node lost, Snakemake's own kill, Slurm's
   time limit) cannot end its run. At the start of every DAG (Snakemake's
-  ``onstart``), after a ``sync``, ``close_stale_runs`` marks KILLED each RUNNING run
+  ``onstart``), after a ``sync``, ``stale_runs.close_stale_runs`` marks KILLED each RUNNING run
   whose process is not running now: the host and pid that (re)started it, or its Slurm
   job (``squeue``), recorded as tags at every start. Only a run positively seen alive
   stays RUNNING; one that cannot be probed (another host without a Slurm job, no
@@ -40,12 +40,10 @@ Run states follow the DAG, so the UI shows one live run per cell:
 from __future__ import annotations
 
 import fcntl
-import getpass
 import json
 import logging
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import threading
@@ -203,7 +201,7 @@ def tracked_run(run_dir: str | os.PathLike, *, resume: bool, experiment: str, ru
     """Start a run's journal, or with ``resume`` append to the one named by ``run_dir/run_key``.
 
     A failure ends the run FAILED, not FINISHED; a success removes ``run_key`` (nothing resumes a finished run).
-    Every start records its process (host, pid, Slurm job), which ``close_stale_runs`` probes.
+    Every start records its process (host, pid, Slurm job), which ``stale_runs.close_stale_runs`` probes.
     """
     key_path = Path(run_dir) / "run_key"
     resumed = resume and key_path.exists()
@@ -271,6 +269,8 @@ def _replay(client: Any, path: Path) -> int:
             run_id = mlflow_run_id(key)
             if run_id is None:
                 return 0  # its run is not in MLflow yet: the next sync replays it
+        elif event["event"] == "paper":
+            run_id = _paper_run(client, event["slug"], event["scale"], event["title"])
         elif run_id is None:
             logger.warning("journal %s: no start line; skipped", path)
             return 0
@@ -284,9 +284,16 @@ def _replay(client: Any, path: Path) -> int:
             client.log_batch(run_id, metrics=[Metric(k, v, event["time"], step) for k, v in event["metrics"].items()])
         elif event["event"] == "end":
             client.set_terminated(run_id, status=event["status"], end_time=event["time"])
+        elif event["event"] == "artifacts":
+            for file in map(Path, event["files"]):
+                if file.exists():  # a folder cleaned since: its next build logs it again
+                    client.log_artifact(run_id, str(file), artifact_path=event["folder"])
+                if file.is_relative_to(path.parent):  # a file written for MLflow only (a table's cells)
+                    file.unlink(missing_ok=True)
+                    file.parent.rmdir()
         state = {"run_id": run_id, "lines": number + 1}
         ended = event.get("status") if event["event"] == "end" else None
-    if ended == "FINISHED" or (events and events[0][1]["event"] == "attach"):  # nothing appends to these again
+    if ended == "FINISHED" or (events and events[0][1]["event"] in ("attach", "paper")):  # written whole, once
         path.unlink()
         state_path.unlink(missing_ok=True)
     elif events:
@@ -309,6 +316,44 @@ def log_results(run_dir: str | os.PathLike, name: str, results: dict[str, Any]) 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+PAPERS_EXPERIMENT = "poisonlab/papers"
+
+
+def log_paper_outputs(slug: str, scale: str, title: str, folder: str, files: list[str],
+                      cells: dict[str, Any] | None = None) -> None:
+    """Attach a paper's table or figure (``files``, under the artifact folder ``folder``) to the paper's MLflow
+    run: one a (paper, scale), in the experiment ``poisonlab/papers``. With ``cells`` (a table's cell → the run
+    folders it averages, which are the ``run_dir`` tags of their runs) a ``<name>.cells.json`` beside it lets a
+    reader follow a cell to its runs. Written whole, as ``log_results``."""
+    name = Path(files[0]).stem
+    files = [str(Path(file).resolve()) for file in files]
+    path = journal_dir() / f"paper-{scale}-{slug}.{folder}-{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cells is not None:
+        cells_path = journal_dir() / f"paper-{scale}-{slug}.{folder}-{name}" / f"{name}.cells.json"
+        cells_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cells_path, cells)
+        files.append(str(cells_path))
+    lines = [{"event": "paper", "time": _now_ms(), "slug": slug, "scale": scale, "title": title},
+             {"event": "artifacts", "time": _now_ms(), "folder": folder, "files": files}]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _paper_run(client: Any, slug: str, scale: str, title: str) -> str:
+    """The id of the (finished) run that holds a paper's tables and figures at a scale, created if missing."""
+    experiment = experiment_id(client, PAPERS_EXPERIMENT)
+    runs = client.search_runs([experiment], filter_string=f"tags.`poisonlab.paper` = '{slug}' and "
+                                                          f"tags.`poisonlab.scale` = '{scale}'")
+    if runs:
+        return runs[0].info.run_id
+    run_id = client.create_run(experiment, run_name=f"{slug} ({scale})",
+                               tags={"poisonlab.paper": slug, "poisonlab.scale": scale, "title": title,
+                                     **environment_tags()}).info.run_id
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
 
 
 def _numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -344,7 +389,7 @@ def sync_in_background(interval: float = SYNC_SECONDS) -> None:
     threading.Thread(target=loop, name="poisonlab-mlflow-sync", daemon=True).start()
 
 
-# ---------------------------------------------------------------- runs killed with their job
+# ---------------------------------------------------------------- the process a run is in (stale_runs probes it)
 
 # Where a run's process is, tagged at every (re)start: a resume may run on another host or Slurm job.
 PROCESS_TAGS = ("poisonlab.host", "poisonlab.pid", "poisonlab.slurm_job_id")
@@ -352,67 +397,3 @@ PROCESS_TAGS = ("poisonlab.host", "poisonlab.pid", "poisonlab.slurm_job_id")
 
 def process_tags() -> dict[str, str]:
     return dict(zip(PROCESS_TAGS, (socket.gethostname(), str(os.getpid()), os.environ.get("SLURM_JOB_ID", ""))))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process holds the pid: alive, though perhaps not ours
-        return True
-    return True
-
-
-def _slurm_jobs() -> set[str] | None:
-    """The user's queued and running Slurm job ids, or None where Slurm cannot be asked."""
-    squeue = shutil.which("squeue")
-    if squeue is None:
-        return None
-    try:
-        listed = subprocess.run([squeue, "--noheader", "--format=%i", f"--user={getpass.getuser()}"],
-                                capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return set(listed.split())
-
-
-def _alive(tags: dict[str, str], slurm_jobs: set[str] | None) -> bool:
-    """Whether the process a run's tags name is seen running now (False where it cannot be seen)."""
-    job = tags.get("poisonlab.slurm_job_id", "")
-    if job:
-        return slurm_jobs is not None and job in slurm_jobs
-    pid = tags.get("poisonlab.pid", "")
-    return tags.get("poisonlab.host") == socket.gethostname() and pid.isdigit() and _pid_alive(int(pid))
-
-
-def _resumable_keys(results: str | os.PathLike | None) -> set[str]:
-    """Keys of the runs a rerun resumes: each folder under ``results`` holding ``checkpoint.pt`` names its run in
-    ``run_key`` (the convention of every resumable run: training, segmentation, few-shot, SSL, editing)."""
-    if results is None:
-        return set()
-    return {key_file.read_text().strip() for key_file in Path(results).rglob("run_key")
-            if (key_file.parent / "checkpoint.pt").exists()}
-
-
-def close_stale_runs(results: str | os.PathLike | None = None) -> list[str]:
-    """Mark KILLED every RUNNING poisonlab run whose process is not running; return their ids.
-
-    Called at the start of a DAG, before any job (Snakemake's ``onstart``). ``results`` is the folder
-    holding ``runs/``: a closed run that a rerun will resume is tagged ``poisonlab.resumable=true``.
-    """
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri())
-    experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("poisonlab/")]
-    if not experiments:
-        return []
-    running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=50000)
-    slurm_jobs = _slurm_jobs() if any(run.data.tags.get("poisonlab.slurm_job_id") for run in running) else None
-    stale = [run.info.run_id for run in running if not _alive(run.data.tags, slurm_jobs)]
-    resumable = _resumable_keys(results) if stale else set()  # a walk of the results: only when needed
-    keys = {run.info.run_id: run.data.tags.get("poisonlab.run_key") for run in running}
-    for run_id in stale:
-        client.set_tag(run_id, "poisonlab.resumable", str(keys[run_id] in resumable).lower())
-        client.set_terminated(run_id, status="KILLED")
-    return stale
