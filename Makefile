@@ -23,9 +23,10 @@ test-fast: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/trainer_throughput.py
 
-# pip takes torch==2.14.1 / torchvision==0.29.1 (pinned in pyproject.toml) from the machine's wheel cache
-# or PyPI; the marker file makes a second `make` skip the install until pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# pip takes the exact versions of constraints.txt (torch==2.14.1 / torchvision==0.29.1 among them; pyproject.toml
+# holds the ranges) from the machine's wheel cache or PyPI; the marker file makes a second `make` skip the
+# install until either file changes.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
