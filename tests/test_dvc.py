@@ -182,3 +182,11 @@ def test_repro_push_delete_pull_gives_back_the_same_bytes_and_retrains_nothing(d
     assert "Nothing to be done" in run(repo, snakemake, "--profile", "local", "all_tables", "--dry-run", env=env)
     assert digests(outputs(repo)) == digests(after_edit)
     assert "up to date" in run(repo, dvc, "status", env=env)
+
+
+def test_the_paper_scales_epoch_weights_stay_out_of_the_cache_and_pushes():
+    run_dir = "results/{}/runs/cifar10/clean/none/resnet18/resnet-100ep/seed0"
+    paths = [f"{run_dir.format('paper')}/epochs/epoch001.pt", f"{run_dir.format('paper')}/model.pt",
+             "results/runs/mnist5k/clean/none/tinycnn/embedded/seed0/epochs/epoch001.pt"]
+    ignored = subprocess.run([str(BIN / "dvc"), "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths[:1]  # the paper scale's per-epoch weights only
