@@ -151,3 +151,15 @@ def test_python_m_poisonlab_launch_is_the_launch_command():
                             capture_output=True, text=True)
     assert (result.returncode, result.stderr) == (2, "poisonlab: unknown executor 'nope'; known executors: "
                                                      "debug, local, slurm\n")
+
+
+def test_cli_names_come_from_the_registries(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli(["train", "--poison", "ar-l3"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("poisonlab train: error: argument --poison: unknown poison 'ar-l3'") and "ar-linf" in error
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "one of ar, ar-linf, clean, cuda," in usage and "jpeg-<quality>" in usage  # a numbered defense, shown once

@@ -14,8 +14,30 @@ import json
 import sys
 
 from poisonlab.config import get_dataset_options, load_scaled
+from poisonlab.data import DATASETS
+from poisonlab.defenses import DEFENSES
+from poisonlab.models import MODELS
 from poisonlab.paths import Paths
-from poisonlab.registry import ConfigError
+from poisonlab.poisons import POISONS
+from poisonlab.registry import ConfigError, Registry
+
+
+def registered(registry: Registry):
+    """An argparse ``type`` that accepts the registry's names (numbered ones too, ``jpeg-10``) and rejects
+    any other with the registry's own message, which lists them."""
+    def check(name: str) -> str:
+        try:
+            registry.resolve(name)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return name
+
+    check.__name__ = registry.kind  # argparse names the type in its messages
+    return check
+
+
+def one_of(registry: Registry, text: str = "") -> str:
+    return f"{text}{'; ' if text else ''}one of {', '.join(registry.choices())}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="build the clean container, {paths.data}/clean/{dataset}.npz")
-    data.add_argument("--dataset", help="default: the config's dataset")
+    data.add_argument("--dataset", type=registered(DATASETS), help=one_of(DATASETS, "default: the config's dataset"))
     data.add_argument("--out", help="default: {paths.data}/clean/{dataset}.npz")
 
     train = commands.add_parser("train", help="train one run and write its metrics.json, as the train rule does")
-    train.add_argument("--dataset", help="default: the config's dataset")
-    train.add_argument("--poison", default="clean")
-    train.add_argument("--defense", default="none")
-    train.add_argument("--arch", help="default: the config's first arch")
+    train.add_argument("--dataset", type=registered(DATASETS), help=one_of(DATASETS, "default: the config's dataset"))
+    train.add_argument("--poison", type=registered(POISONS), default="clean", help=one_of(POISONS))
+    train.add_argument("--defense", type=registered(DEFENSES), default="none", help=one_of(DEFENSES))
+    train.add_argument("--arch", type=registered(MODELS), help=one_of(MODELS, "default: the config's first arch"))
     train.add_argument("--recipe", help="default: the config's recipe")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data", help="training container (default: the train rule's: the clean, poisoned or "
@@ -48,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("--config", default=argparse.SUPPRESS, help="config file (default: config/config.yaml)")
     launch.add_argument("--scale", default=argparse.SUPPRESS, help="merge config/scales/SCALE.yaml over the config")
     launch.add_argument("--executor", default="slurm", help="slurm, local or debug (default: %(default)s)")
-    launch.add_argument("--arch", action="append", help="repeatable (default: the config's archs)")
+    launch.add_argument("--arch", type=registered(MODELS), action="append",
+                        help=one_of(MODELS, "repeatable (default: the config's archs)"))
     launch.add_argument("--seed", type=int, action="append", help="repeatable (default: the config's seeds)")
-    launch.add_argument("--dataset", help="default: the config's dataset")
+    launch.add_argument("--dataset", type=registered(DATASETS), help=one_of(DATASETS, "default: the config's dataset"))
     launch.add_argument("--recipe", help="default: the config's recipe")
     launch.add_argument("--partition", help="Slurm partition")
     launch.add_argument("--account", help="Slurm account")
