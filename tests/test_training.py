@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -330,3 +332,45 @@ def test_a_rerun_with_a_changed_configuration_starts_over(tmp_path, caplog):
     assert "earlier configuration (changed: recipe); starting over" in caplog.text
     for name, tensor in reference.state_dict().items():
         assert torch.equal(tensor, rerun_model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("name, options", [("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+                                           ("Adam", {"lr": 1e-2, "weight_decay": 1e-4}), ("LBFGS", {"lr": 0.5})])
+def test_eager_optimizers_update_as_torchs_own(name, options):
+    import copy
+
+    from poisonlab.training import optim
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    results = []
+    for cls in (getattr(torch.optim, name), getattr(optim, name)):
+        net = copy.deepcopy(model)
+        optimizer = cls(net.parameters(), **options)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+
+        for _ in range(4):
+            optimizer.step(closure)
+        optimizer.load_state_dict(optimizer.state_dict())  # a checkpoint's round trip
+        optimizer.step(closure)
+        results.append((list(net.parameters()), optimizer.state_dict()["param_groups"]))
+    (torch_params, torch_groups), (eager_params, eager_groups) = results
+    assert all(torch.equal(a, b) for a, b in zip(torch_params, eager_params)) and torch_groups == eager_groups
+
+
+def test_a_training_job_never_imports_torch_dynamo():
+    # torch.optim's own classes import it (~1.8 s, half a small job's start-up); poisonlab's recipes do not.
+    job = ("import sys, torch\nfrom poisonlab.training import Recipe\n"
+           "net = torch.nn.Linear(4, 2)\nfor name in ('sgd', 'adam', 'adamw'):\n"
+           "    optimizer = Recipe(optimizer=name).make_optimizer(net.parameters())\n"
+           "    scheduler = Recipe().make_scheduler(optimizer, steps_per_epoch=2)\n"
+           "    net(torch.randn(3, 4)).sum().backward(); optimizer.step(); scheduler.step(); optimizer.zero_grad()\n"
+           "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n")
+    done = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

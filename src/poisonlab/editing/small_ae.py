@@ -38,6 +38,7 @@ from poisonlab.atomic import torch_save, write_json
 from poisonlab.editing.autoencoders import AUTOENCODERS, LatentAutoencoder
 from poisonlab.editing.photos import SKIMAGE_PHOTOS, skimage_photos
 from poisonlab.registry import ConfigError
+from poisonlab.training import optim
 from poisonlab.training.loop import autocast, load_checkpoint, pick_device
 from poisonlab.training.precision import resolve_precision
 
@@ -120,7 +121,7 @@ def train_small_autoencoder(run_dir: str | os.PathLike, *, steps: int = 800, ste
 
     torch.manual_seed(seed)  # initialisation; every crop after it draws from the generator
     model = SmallAutoencoder().to(torch_device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     generator = torch.Generator(device=torch_device).manual_seed(seed)
     history: list[dict[str, float]] = []

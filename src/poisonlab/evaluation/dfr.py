@@ -64,6 +64,7 @@ from poisonlab.checks import Count, OneOf, Positive, Seed
 from poisonlab.evaluation.base import EVALUATIONS, TrainedRun
 from poisonlab.models import Classifier
 from poisonlab.registry import ConfigError
+from poisonlab.training import optim
 from poisonlab.training.augment import Augmentation, build_augmentations
 from poisonlab.training.loop import DeviceData, evaluate, shuffled_batches
 from poisonlab.training.procedure import soft_cross_entropy
@@ -129,7 +130,7 @@ def retrain_head(model: Classifier, normalize: Callable[[torch.Tensor], torch.Te
         parameter.requires_grad_(False)
     for parameter in model.head.parameters():
         parameter.requires_grad_(True)
-    optimizer = torch.optim.LBFGS(model.head.parameters(), lr=lr)
+    optimizer = optim.LBFGS(model.head.parameters(), lr=lr)
     num_classes = model.head.out_features
     model.train()
     # Full precision as the original: a bf16 autocast left on by a caller would change the fit.

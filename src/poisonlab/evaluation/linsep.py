@@ -56,6 +56,7 @@ from poisonlab.data.subset import stratified_indices
 from poisonlab.checks import Count, Seed
 from poisonlab.evaluation.base import EVALUATIONS, TrainedRun
 from poisonlab.registry import ConfigError
+from poisonlab.training import optim
 
 LR = 0.5  # the script's LBFGS learning rate
 STEPS = 500  # its optimizer.step calls
@@ -94,7 +95,7 @@ def linear_training_accuracy(features: torch.Tensor, labels: torch.Tensor, *, nu
     with torch.random.fork_rng(devices=[features.device] if features.device.type == "cuda" else []):
         torch.manual_seed(seed)  # the layer's default initialisation, repeatable
         layer = nn.Linear(features.shape[1], num_classes).to(features.device)
-    optimizer = torch.optim.LBFGS(layer.parameters(), lr=LR, max_iter=max_iter)
+    optimizer = optim.LBFGS(layer.parameters(), lr=LR, max_iter=max_iter)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

@@ -40,6 +40,7 @@ from torch import nn
 from poisonlab.attacks import pgd, project
 from poisonlab.registry import ConfigError, Registry
 from poisonlab.segmentation.data import CELL, IGNORE
+from poisonlab.training import optim
 from poisonlab.segmentation.metrics import confusion, predict, scores
 from poisonlab.segmentation.robustness import pixel_loss
 
@@ -52,7 +53,7 @@ SYNTHESIS_OPTIMIZERS: Registry[Optimizer] = Registry("synthesis optimizer")
 def adam(loss, x: torch.Tensor, mask: torch.Tensor | None, *, steps: int, lr: float) -> torch.Tensor:
     """Adam on the pixels; the gradient outside ``mask`` is zeroed and the image projected back into [0, 1]."""
     delta = torch.zeros_like(x, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=lr)
+    optimizer = optim.Adam([delta], lr=lr)
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss(x + delta).sum().backward()

@@ -17,6 +17,7 @@ import torch
 
 from poisonlab.checks import Count, NonNegative, Number, OneOf, Positive, check_values
 from poisonlab.registry import ConfigError, Registry
+from poisonlab.training import optim
 from poisonlab.training.precision import PRECISIONS
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
@@ -73,23 +74,23 @@ class Recipe:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# ---------------------------------------------------------------- optimizers
+# ---------------------------------------------------------------- optimizers (torch's, without torch._dynamo: optim.py)
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(parameters, recipe: Recipe) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum,
+    return optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
 
 
 @OPTIMIZERS.register("adam")
 def adam(parameters, recipe: Recipe) -> torch.optim.Optimizer:
-    return torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(parameters, recipe: Recipe) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return optim.AdamW(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 # ---------------------------------------------------------------- schedules: step index → rate multiplier
