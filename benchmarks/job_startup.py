@@ -3,7 +3,8 @@
 Runs the train rule's code path (``training.run.train_run``, one epoch of the embedded recipe on MNIST-5k)
 in fresh interpreters, as Snakemake starts a job, and stamps each phase against the process's creation
 time (``psutil``): the interpreter, ``import torch``, poisonlab's modules, the container and model, the
-optimizer (its construction imports ``torch._dynamo``), the run's tracking, and the first training step.
+optimizer (torch.optim's own classes would import ``torch._dynamo`` here; training/optim.py's do not),
+the run's tracking, and the first training step.
 Median of ``--repeats`` processes. Run on demand:
 
     .venv/bin/python benchmarks/job_startup.py [--repeats 5]
@@ -54,7 +55,7 @@ def first_step(*args, **kwargs):
     raise FirstStep
 
 run_module.build_model = stamped("container and model", run_module.build_model)
-Recipe.make_optimizer = stamped("optimizer (torch._dynamo)", Recipe.make_optimizer)
+Recipe.make_optimizer = stamped("optimizer", Recipe.make_optimizer)
 tracked_run = run_module.tracking.tracked_run
 
 @contextmanager
