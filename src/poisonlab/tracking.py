@@ -311,8 +311,12 @@ def log_results(run_dir: str | os.PathLike, name: str, results: dict[str, Any]) 
     if key is None:
         return  # a record from before run keys: nothing to attach to
     metrics = {f"{name}.{path}": value for path, value in _numbers(results)}
-    lines = [{"event": "attach", "time": _now_ms()}, {"event": "metrics", "time": _now_ms(), "metrics": metrics}]
-    path = journal_dir() / f"{key}.{name}.jsonl"
+    _write_whole(journal_dir() / f"{key}.{name}.jsonl",
+                 [{"event": "attach", "time": _now_ms()}, {"event": "metrics", "time": _now_ms(), "metrics": metrics}])
+
+
+def _write_whole(path: Path, lines: list[dict[str, Any]]) -> None:
+    """A journal of another job's results, written at once (atomically): a sync never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -329,17 +333,14 @@ def log_paper_outputs(slug: str, scale: str, title: str, folder: str, files: lis
     reader follow a cell to its runs. Written whole, as ``log_results``."""
     name = Path(files[0]).stem
     files = [str(Path(file).resolve()) for file in files]
-    path = journal_dir() / f"paper-{scale}-{slug}.{folder}-{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
     if cells is not None:
         cells_path = journal_dir() / f"paper-{scale}-{slug}.{folder}-{name}" / f"{name}.cells.json"
         cells_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(cells_path, cells)
         files.append(str(cells_path))
-    lines = [{"event": "paper", "time": _now_ms(), "slug": slug, "scale": scale, "title": title},
-             {"event": "artifacts", "time": _now_ms(), "folder": folder, "files": files}]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _write_whole(journal_dir() / f"paper-{scale}-{slug}.{folder}-{name}.jsonl",
+                 [{"event": "paper", "time": _now_ms(), "slug": slug, "scale": scale, "title": title},
+                  {"event": "artifacts", "time": _now_ms(), "folder": folder, "files": files}])
 
 
 def _paper_run(client: Any, slug: str, scale: str, title: str) -> str:
