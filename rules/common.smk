@@ -17,6 +17,7 @@ from poisonlab.config import (
 from poisonlab.data import DATASETS
 from poisonlab.defenses import DEFENSES
 from poisonlab.evaluation import EVALUATIONS
+from poisonlab.gpus import gpus_present
 from poisonlab.models import MODELS
 from poisonlab.papers import (
     load_reported,
@@ -46,6 +47,12 @@ def resolve_config():
 
 
 GRIDS = resolve_config()
+
+# On one machine Snakemake gives a job no GPU id and, without `--resources gpu=N`, no limit on the jobs that
+# ask for one: unless given, the limit is the GPUs present, and each job claims a free one (poisonlab.gpus).
+# The Slurm profile gives its own (the GPUs of a packed job).
+if "gpu" not in workflow.global_resources and gpus_present():
+    workflow.register_resource("gpu", gpus_present())
 
 PATHS = Paths.from_config(config)
 RUN_DIR = PATHS.run_dir()

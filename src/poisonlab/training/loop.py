@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from poisonlab.atomic import torch_save
 from poisonlab.data.container import ImageDataset
+from poisonlab.gpus import claim_gpu
 from poisonlab.registry import ConfigError
 from poisonlab.training.augment import Augmentation
 from poisonlab.training.precision import resolve_precision
@@ -127,10 +128,16 @@ class TrainResult:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA where available, else the CPU. Plain ``cuda`` on a machine with several GPUs is one
+    that no other job holds (``poisonlab.gpus``), made the current device; ``cuda:N`` is taken as given."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    if name == "cuda" and torch.cuda.device_count() > 1:
+        index = claim_gpu([str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())])
+        torch.cuda.set_device(index)  # so that code placing tensors on plain "cuda" uses it too
+        return torch.device("cuda", index)
     return torch.device(name)
 
 

@@ -1,0 +1,81 @@
+"""Jobs on one machine with several GPUs: each claims a GPU no other job holds, and shares one only when all are held."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from poisonlab import gpus
+from poisonlab.training import loop
+
+# A process that claims one of the GPUs in argv, prints its index, and holds it until its stdin closes.
+HOLDER = """
+import sys
+from pathlib import Path
+from poisonlab.gpus import claim_gpu
+print(claim_gpu(sys.argv[2:], Path(sys.argv[1])), flush=True)
+sys.stdin.read()
+"""
+
+
+def _holder(lock_dir, uuids):
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), *uuids], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    return process, int(process.stdout.readline())
+
+
+def _uuids(n):
+    return [f"GPU-{uuid.uuid4()}" for _ in range(n)]
+
+
+def test_concurrent_jobs_take_different_gpus_and_a_finished_job_frees_its_own(tmp_path):
+    uuids = _uuids(3)
+    first, first_index = _holder(tmp_path, uuids)
+    second, second_index = _holder(tmp_path, uuids)
+    third, third_index = _holder(tmp_path, uuids)
+    assert sorted([first_index, second_index, third_index]) == [0, 1, 2]
+    # All held: a fourth job shares the GPU its process id picks, without waiting.
+    fourth = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path), *uuids], input="", capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert int(fourth.stdout) in (0, 1, 2)
+    # A killed job's GPU is free again at once: the kernel drops the lock with the process.
+    second.kill()
+    second.wait()
+    again, again_index = _holder(tmp_path, uuids)
+    assert again_index == second_index
+    for process in (first, third, again):
+        process.communicate("")
+
+
+def test_a_process_keeps_the_gpu_it_claimed(tmp_path):
+    uuids = _uuids(2)
+    index = gpus.claim_gpu(uuids, tmp_path)
+    assert gpus.claim_gpu(uuids, tmp_path) == index  # a second pick_device in the same job: the same GPU
+    other, other_index = _holder(tmp_path, uuids)
+    assert other_index == 1 - index
+    other.communicate("")
+
+
+def test_no_gpu_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no GPU"):
+        gpus.claim_gpu([], tmp_path)
+
+
+def test_plain_cuda_on_several_gpus_is_a_claimed_one_and_an_index_is_kept(monkeypatch, tmp_path):
+    uuids = _uuids(2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=uuids[i]))
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(loop, "claim_gpu", lambda ids: gpus.claim_gpu(ids, tmp_path))
+    other, other_index = _holder(tmp_path, uuids)
+    device = loop.pick_device("cuda")
+    assert device == torch.device("cuda", 1 - other_index) and chosen == [1 - other_index]
+    assert loop.pick_device("cuda:1") == torch.device("cuda", 1)
+    other.communicate("")
