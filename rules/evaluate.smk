@@ -5,6 +5,7 @@
 rule evaluate:
     input:
         metrics=f"{RUN_DIR}/metrics.json",
+        epochs=f"{RUN_DIR}/epochs",
         training_data=get_training_data,
         clean_data=PATHS.clean(),
     output:

@@ -1,5 +1,6 @@
 # Stage 4: train one run on its (clean, poisoned or sanitized) container → metrics.json, model.pt, an MLflow run.
-# A killed job keeps its checkpoint.pt (not an output, so Snakemake leaves it) and the rerun resumes.
+# A killed job keeps its checkpoint.pt and epochs.partial/ (not outputs, so Snakemake leaves them) and the
+# rerun resumes; the kept weights become epochs/ when the run has finished.
 
 
 rule train:
@@ -8,6 +9,7 @@ rule train:
     output:
         metrics=f"{RUN_DIR}/metrics.json",
         model=f"{RUN_DIR}/model.pt",
+        epochs=directory(f"{RUN_DIR}/epochs"),
     log:
         f"logs/train/{RUN_DIR}.log",
     benchmark:

@@ -95,11 +95,15 @@ def test_a_rerun_after_a_config_change_trains_the_new_config_from_scratch(mnist5
         with pytest.raises(_Killed):
             train_run(spec, old, mnist5k_container, run_dir, device="cpu", progress=False)
     killed_key = (run_dir / "run_key").read_text()
-    assert (run_dir / "checkpoint.pt").exists() and len(list((run_dir / "epochs").iterdir())) == 2
+    # The killed run's kept weights wait in epochs.partial/: epochs/, the train rule's output, is not there.
+    assert (run_dir / "checkpoint.pt").exists() and len(list((run_dir / "epochs.partial").iterdir())) == 2
+    assert not (run_dir / "epochs").exists()
 
     rerun = train_run(spec, new, mnist5k_container, run_dir, device="cpu", progress=False)
     fresh = train_run(spec, new, mnist5k_container, tmp_path / "fresh", device="cpu", progress=False)
     assert [row["epoch"] for row in rerun["history"]] == [1, 2, 3]
+    assert sorted(p.name for p in (run_dir / "epochs").iterdir()) == ["epoch001.pt", "epoch002.pt", "epoch003.pt"]
+    assert not (run_dir / "epochs.partial").exists()
     assert rerun["recipe_config"]["lr"] == new.lr and rerun["run_key"] != killed_key
     assert [row["test_acc"] for row in rerun["history"]] == [row["test_acc"] for row in fresh["history"]]
     weights = [torch.load(d / "model.pt", weights_only=True) for d in (run_dir, tmp_path / "fresh")]

@@ -1,8 +1,10 @@
 """One training run, end to end: container in, ``model.pt`` + ``metrics.json`` + an MLflow run out.
 
 A run lives in ``results/runs/{dataset}/{poison}/{defense}/{arch}/{recipe}/seed{seed}/``,
-with the weights after every ``keep_weights_every``-th epoch in ``epochs/`` (for DFR).
-A data-level defense reached the run as its sanitized container, so it trains
+with the weights after every ``keep_weights_every``-th epoch in ``epochs/`` (for DFR), kept in
+``epochs.partial/`` while it trains and renamed when it has finished: ``epochs/`` is an output of the
+train rule, which Snakemake deletes before a rerun, so a killed run's epochs must live elsewhere to be
+resumed. A data-level defense reached the run as its sanitized container, so it trains
 plainly; a training-time defense is built here from its name and options. While it trains,
 ``checkpoint.pt`` and ``run_key`` sit in that folder so a killed run resumes, into the same MLflow
 run; ``metrics.json`` is written last and only when training finished, so its presence means the run
@@ -54,6 +56,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / "checkpoint.pt"
     weights_dir = run_dir / "epochs"
+    partial_weights_dir = run_dir / "epochs.partial"
     defense_options = dict(defense_options or {})
     defense = build_defense(spec.defense, defense_options)
     if isinstance(defense, Sanitizer):
@@ -74,7 +77,8 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
     checkpoint = load_checkpoint(checkpoint_path, fingerprint)
     if checkpoint is None:
         # A fresh start (or a stale attempt's checkpoint, deleted): no epoch or MLflow run of it is reused.
-        shutil.rmtree(weights_dir, ignore_errors=True)
+        shutil.rmtree(partial_weights_dir, ignore_errors=True)
+    shutil.rmtree(weights_dir, ignore_errors=True)  # a finished run's, trained again
 
     tags = {**tracking.environment_tags(), "dataset_sha256": data_sha256, "precision_resolved": precision,
             "source_checksum": dataset.source_checksum, "run_dir": str(run_dir),
@@ -89,7 +93,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
             tracked.log_missing_epochs(checkpoint["history"])
         result = fit(model, data, recipe, seed=spec.seed, checkpoint_path=checkpoint_path,
                      fingerprint=fingerprint, on_epoch=tracked.log_epoch, progress=progress, defense=defense,
-                     weights_dir=weights_dir, keep_weights_every=keep_weights_every)
+                     weights_dir=partial_weights_dir, keep_weights_every=keep_weights_every)
         peak = result.peak
         record = {
             **dataclasses.asdict(spec),
@@ -115,6 +119,7 @@ def train_run(spec: RunSpec, recipe: Recipe, data_path: str | os.PathLike, run_d
         tracked.log_summary({k: record[k] for k in ("final_test_acc", "peak_test_acc", "peak_epoch",
                                                        "wall_seconds")})
         torch_save(model.state_dict(), run_dir / "model.pt")
+        partial_weights_dir.rename(weights_dir)
         write_json(run_dir / "metrics.json", record)
     checkpoint_path.unlink()
     return record
