@@ -68,6 +68,7 @@ CASES = [
     ("resources={train: {runtime: 0, mem_mb: 1000}}", "resources.train.runtime: 0 is less than the minimum of 1"),
     ("device=tpu", "device: 'tpu' does not match"),
     ("keep_weights_every=0", "keep_weights_every: 0 is less than the minimum of 1"),
+    ("runs_per_gpu=0", "runs_per_gpu: 0 is less than the minimum of 1"),
     # datasets: loader options and subsets
     ("datasets={mnist5k: {colour: red}}", "datasets.mnist5k: dataset 'mnist5k' got unknown option(s) colour"),
     ("datasets={mnist5k: {subset: {train: 0, test: 10}}}", "datasets.mnist5k.subset.train: 0 is less than the minimum"),

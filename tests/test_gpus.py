@@ -1,4 +1,4 @@
-"""Jobs on one machine with several GPUs: each claims a GPU no other job holds, and shares one only when all are held."""
+"""Jobs on one machine with several GPUs: each claims the GPU fewest others are on, and a killed job's is free again."""
 
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ import torch
 from poisonlab import gpus
 from poisonlab.training import loop
 
-# A process that claims one of the GPUs in argv, prints its index, and holds it until its stdin closes.
+# A process that claims one of the GPUs in argv (lock dir, slots, uuids...), prints its index, and holds it
+# until its stdin closes.
 HOLDER = """
 import sys
 from pathlib import Path
 from poisonlab.gpus import claim_gpu
-print(claim_gpu(sys.argv[2:], Path(sys.argv[1])), flush=True)
+print(claim_gpu(sys.argv[3:], Path(sys.argv[1]), int(sys.argv[2])), flush=True)
 sys.stdin.read()
 """
 
 
-def _holder(lock_dir, uuids):
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), *uuids], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+def _holder(lock_dir, uuids, slots=64):
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_dir), str(slots), *uuids],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     return process, int(process.stdout.readline())
 
 
@@ -33,22 +34,27 @@ def _uuids(n):
     return [f"GPU-{uuid.uuid4()}" for _ in range(n)]
 
 
-def test_concurrent_jobs_take_different_gpus_and_a_finished_job_frees_its_own(tmp_path):
-    uuids = _uuids(3)
-    first, first_index = _holder(tmp_path, uuids)
-    second, second_index = _holder(tmp_path, uuids)
-    third, third_index = _holder(tmp_path, uuids)
-    assert sorted([first_index, second_index, third_index]) == [0, 1, 2]
-    # All held: a fourth job shares the GPU its process id picks, without waiting.
-    fourth = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path), *uuids], input="", capture_output=True,
-                            text=True, timeout=60, check=True)
-    assert int(fourth.stdout) in (0, 1, 2)
-    # A killed job's GPU is free again at once: the kernel drops the lock with the process.
-    second.kill()
-    second.wait()
+def test_concurrent_jobs_spread_over_the_gpus_and_a_killed_job_frees_its_slot(tmp_path):
+    uuids = _uuids(2)
+    holders = [_holder(tmp_path, uuids) for _ in range(5)]
+    assert [index for _, index in holders] == [0, 1, 0, 1, 0]  # slot 0 of each GPU, then slot 1, ...
+    # A killed job's slot is free again at once: the kernel drops the lock with the process.
+    killed, killed_index = holders[1]
+    killed.kill()
+    killed.wait()
     again, again_index = _holder(tmp_path, uuids)
-    assert again_index == second_index
-    for process in (first, third, again):
+    assert again_index == killed_index == 1
+    for process, _ in (*holders[:1], *holders[2:], (again, again_index)):
+        process.communicate("")
+
+
+def test_past_the_last_slot_a_job_shares_a_gpu_without_waiting(tmp_path):
+    uuids = _uuids(2)
+    holders = [_holder(tmp_path, uuids, slots=1) for _ in range(2)]
+    extra = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path), "1", *uuids], input="",
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert int(extra.stdout) in (0, 1)
+    for process, _ in holders:
         process.communicate("")
 
 
