@@ -1,4 +1,4 @@
-"""Jobs on one machine with several GPUs: each claims the GPU fewest others are on, and a killed job's is free again."""
+"""Jobs on one machine with several GPUs: they spread over the GPUs, and a killed job's slot is free again."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which GPU a job runs on when one machine has several: the one fewest other poisonlab jobs are on.
+"""Which GPU a job runs on when one machine has several: spread evenly over them, not all on ``cuda:0``.
 
 On one machine Snakemake limits how many GPU jobs run at once (the ``gpu`` resource: the GPUs present
 times the scale's ``runs_per_gpu``, set by rules/common.smk) but gives a job no GPU id, so every job
@@ -20,8 +20,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 LOCK_DIR = Path(tempfile.gettempdir()) / "poisonlab-gpus"
 MAX_SLOTS = 64  # jobs a GPU is claimed by at most; far more than fit one
 
@@ -30,6 +28,8 @@ _held: dict[str, int] = {}  # GPU UUID → the descriptor whose lock this proces
 
 def gpus_present() -> int:
     """The GPUs a job started here sees (``CUDA_VISIBLE_DEVICES`` applied); 0 without CUDA."""
+    import torch  # here, not at the top: claiming a GPU needs no torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
