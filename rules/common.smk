@@ -50,7 +50,8 @@ GRIDS = resolve_config()
 
 # On one machine Snakemake gives a job no GPU id and, without `--resources gpu=N`, no limit on the jobs that
 # ask for one: unless given, the limit is the GPUs present times the scale's runs_per_gpu, and each job
-# claims a slot of one, spreading them over the GPUs (poisonlab.gpus). The Slurm profile gives its own (a packed job's GPUs).
+# claims a slot of one, spreading them over the GPUs (poisonlab.gpus). The Slurm profile gives its own
+# (a packed job's GPUs).
 if "gpu" not in workflow.global_resources and gpus_present():
     workflow.register_resource("gpu", gpus_present() * config["runs_per_gpu"])
 

@@ -128,8 +128,9 @@ class TrainResult:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA where available, else the CPU. Plain ``cuda`` on a machine with several GPUs is one
-    that no other job holds (``poisonlab.gpus``), made the current device; ``cuda:N`` is taken as given."""
+    """``auto``: CUDA where available, else the CPU. Plain ``cuda`` on a machine with several GPUs is the one
+    this job claims a slot of (``poisonlab.gpus``: jobs spread over the GPUs), made the current device;
+    ``cuda:N`` is taken as given."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
