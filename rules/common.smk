@@ -52,8 +52,9 @@ GRIDS = resolve_config()
 # ask for one: unless given, the limit is the GPUs present times the scale's runs_per_gpu, and each job
 # claims a slot of one, spreading them over the GPUs (poisonlab.gpus). The Slurm profile gives its own
 # (a packed job's GPUs).
-if "gpu" not in workflow.global_resources and gpus_present():
-    workflow.register_resource("gpu", gpus_present() * config["runs_per_gpu"])
+GPUS_PRESENT = gpus_present()
+if "gpu" not in workflow.global_resources and GPUS_PRESENT:
+    workflow.register_resource("gpu", GPUS_PRESENT * config["runs_per_gpu"])
 
 PATHS = Paths.from_config(config)
 RUN_DIR = PATHS.run_dir()

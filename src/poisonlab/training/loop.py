@@ -135,8 +135,9 @@ def pick_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use 'cpu' or 'auto'")
-    if name == "cuda" and torch.cuda.device_count() > 1:
-        index = claim_gpu([str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())])
+    count = torch.cuda.device_count() if name == "cuda" else 0
+    if count > 1:
+        index = claim_gpu([str(torch.cuda.get_device_properties(i).uuid) for i in range(count)])
         torch.cuda.set_device(index)  # so that code placing tensors on plain "cuda" uses it too
         return torch.device("cuda", index)
     return torch.device(name)
