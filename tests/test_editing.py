@@ -18,7 +18,7 @@ from poisonlab.editing import (AUTOENCODERS, EDITORS, IMMUNIZERS, PHOTOSETS, Pho
 from poisonlab.editing import diffusion, small_ae
 from poisonlab.editing.autoencoders import LatentAutoencoder
 from poisonlab.editing.immunize import photoguard_schedule
-from poisonlab.editing.metrics import psnr
+from poisonlab.image_quality import psnr
 from poisonlab.editing.purify import jpeg
 from poisonlab.registry import ConfigError
 

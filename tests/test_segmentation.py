@@ -18,7 +18,8 @@ from poisonlab.segmentation.models import build_seg_model, load_weights
 from poisonlab.segmentation.procedures import MixBatchNorm2d, main_state
 from poisonlab.segmentation.robustness import build_attacks, evaluate_robustness, pixel_loss
 from poisonlab.segmentation.run import Normalizer, SegRunSpec, device_data, train_segmentation
-from poisonlab.segmentation.synthesis import digit_cells, generate, inpaint, inpainting_tasks, shapeless
+from poisonlab.segmentation.synthesis import (digit_cells, generate, inpaint, inpainting_tasks, region_quality,
+                                              shapeless)
 from poisonlab.training import Recipe, build_augmentations, fit
 
 CPU = torch.device("cpu")
@@ -181,6 +182,28 @@ def test_miou_and_pixel_accuracy_match_a_hand_computation():
     assert result["miou"] == pytest.approx(100 * reference.item())
     # A class absent from labels and predictions is left out of the mean, not averaged in as 0.
     assert scores(confusion(predicted, labels, 4))["miou"] == pytest.approx(result["miou"])
+
+
+def test_region_quality_scores_each_box_as_torchmetrics_does():
+    """PSNR and SSIM of the masks' bounding boxes only: pixels outside a box change nothing, and inside it the
+    numbers are torchmetrics' (kornia computes them, for its import time)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    generator = torch.Generator().manual_seed(0)
+    original = torch.rand(2, 1, 32, 32, generator=generator)
+    result = (original + 0.2 * torch.randn(2, 1, 32, 32, generator=generator)).clamp(0, 1)
+    masks = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    masks[0, :, 2:16, 3:19] = True
+    masks[1, :, 10:30, 12:25] = True
+    quality = region_quality(result, original, masks)
+    outside = result.where(masks, torch.rand(2, 1, 32, 32, generator=generator))
+    assert region_quality(outside, original, masks) == quality
+    boxes = [(slice(2, 16), slice(3, 19)), (slice(10, 30), slice(12, 25))]
+    crops = [(result[i, :, rows, cols][None], original[i, :, rows, cols][None]) for i, (rows, cols) in enumerate(boxes)]
+    assert quality["psnr"] == pytest.approx(np.mean([peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in crops]),
+                                            rel=1e-5)
+    assert quality["ssim"] == pytest.approx(
+        np.mean([structural_similarity_index_measure(a, b, data_range=1.0) for a, b in crops]), rel=1e-5)
 
 
 def test_crop_and_flip_move_label_maps_with_their_images():

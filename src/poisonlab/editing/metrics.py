@@ -12,10 +12,9 @@ for the attack. Every cell therefore carries the control p(JPEG_q(x)) — how fa
 JPEG alone moves the clean photo — and ``retained_net`` = (p(JPEG_q(x′)) − p(JPEG_q(x))) / p(x′),
 with the latent shifts ‖E(·) − E(x)‖ / ‖E(x)‖ of both.
 
-Image quality: PSNR and SSIM (kornia's; data range 1, SSIM's 11 px Gaussian window with σ 1.5,
-"same" padding) of the inputs against the clean photo, and of the edited outputs against the clean
-photo's edit. kornia, not torchmetrics: the same metrics, and importing torchmetrics' image metrics
-was measured at 30 s of a job's start on a loaded 2-core machine (kornia's: 1 s).
+Image quality: PSNR and SSIM (``poisonlab.image_quality``: kornia's, data range 1, SSIM's 11 px
+Gaussian window with σ 1.5, "same" padding) of the inputs against the clean photo, and of the edited
+outputs against the clean photo's edit.
 """
 
 from __future__ import annotations
@@ -27,20 +26,7 @@ import torch
 
 from poisonlab.editing.autoencoders import LatentAutoencoder
 from poisonlab.editing.edits import BATCH, Editor
-
-
-def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB) of each image against its reference, both in [0, 1]; inf where identical."""
-    from kornia.metrics import psnr as kornia_psnr
-
-    return torch.stack([kornia_psnr(image, target, 1.0) for image, target in zip(images, reference)])
-
-
-def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """SSIM of each image against its reference, both in [0, 1] (the mean of kornia's SSIM map)."""
-    from kornia.metrics import ssim as kornia_ssim
-
-    return kornia_ssim(images, reference, 11, max_val=1.0).mean(dim=(1, 2, 3))
+from poisonlab.image_quality import psnr, ssim
 
 
 @torch.no_grad()

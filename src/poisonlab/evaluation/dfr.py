@@ -161,24 +161,28 @@ def retrain_head(model: Classifier, normalize: Callable[[torch.Tensor], torch.Te
 
 @contextlib.contextmanager
 def _batch_statistics(norms: list[nn.Module]) -> Iterator[dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
-    """Inside, train-mode batch-norms normalise by the batch and leave their running statistics alone;
-    yields {norm: (mean, unbiased variance) of the batch it saw}, as batch-norm would fold them in."""
-    statistics = {}
+    """Inside, train-mode batch-norms normalise by the batch and leave their running statistics as they were.
+    The dict yielded is filled on leaving: {norm: (mean, unbiased variance) of the batch it saw}, as
+    batch-norm folds them in.
 
-    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0]
-        dims = [0, *range(2, x.dim())]
-        statistics[module] = (x.mean(dims), x.var(dims, correction=1))
-
-    handles = [norm.register_forward_pre_hook(record) for norm in norms]
+    Batch-norm computes both in its forward pass anyway: with momentum 1 its running statistics become the
+    batch's own, read here and then put back (a second pass over the activations for them cost more than
+    the forward itself).
+    """
+    statistics: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    kept = {norm: (norm.running_mean.clone(), norm.running_var.clone(), norm.num_batches_tracked.clone(),
+                   norm.momentum) for norm in norms}
     for norm in norms:
-        norm.track_running_stats = False  # in train mode: batch statistics, no update
+        norm.momentum = 1.0
     try:
         yield statistics
     finally:
-        for norm, handle in zip(norms, handles):
-            norm.track_running_stats = True
-            handle.remove()
+        for norm, (mean, var, tracked, momentum) in kept.items():
+            statistics[norm] = (norm.running_mean.clone(), norm.running_var.clone())
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+            norm.num_batches_tracked.copy_(tracked)
+            norm.momentum = momentum
 
 
 def _move_running_statistics(statistics: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]], forwards: int) -> None:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from poisonlab.attacks import pgd, project
+from poisonlab.image_quality import psnr, ssim
 from poisonlab.registry import ConfigError, Registry
 from poisonlab.segmentation.data import CELL, IGNORE
 from poisonlab.training import optim
@@ -182,18 +183,17 @@ def recognisability(classifier: nn.Module, normalize: Callable, images01: torch.
 
 
 def region_quality(result01: torch.Tensor, original01: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM of each mask's bounding box against the original, averaged over images."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    psnr, ssim = [], []
+    """PSNR (dB) and SSIM (``poisonlab.image_quality``) of each mask's bounding box against the original,
+    averaged over images."""
+    psnrs, ssims = [], []
     for result, original, mask in zip(result01, original01, masks):
         rows, cols = torch.nonzero(mask[0], as_tuple=True)
         box = (slice(None), slice(rows.min().item(), rows.max().item() + 1),
                slice(cols.min().item(), cols.max().item() + 1))
         a, b = result[box][None].float(), original[box][None].float()
-        psnr.append(peak_signal_noise_ratio(a, b, data_range=1.0).item())
-        ssim.append(structural_similarity_index_measure(a, b, data_range=1.0).item())
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+        psnrs.append(psnr(a, b).item())
+        ssims.append(ssim(a, b).item())
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 
 def map_agreement(model: nn.Module, normalize: Callable, images01: torch.Tensor, target: torch.Tensor,
