@@ -18,8 +18,8 @@ from poisonlab.editing import (AUTOENCODERS, EDITORS, IMMUNIZERS, PHOTOSETS, Pho
 from poisonlab.editing import diffusion, small_ae
 from poisonlab.editing.autoencoders import LatentAutoencoder
 from poisonlab.editing.immunize import photoguard_schedule
-from poisonlab.image_quality import psnr
 from poisonlab.editing.purify import jpeg
+from poisonlab.image_quality import psnr
 from poisonlab.registry import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ from poisonlab.editing.autoencoders import build_autoencoder
 from poisonlab.editing.edits import Editor, build_editor
 from poisonlab.editing.immunize import target_photos
 from poisonlab.editing.metrics import encode, progress
-from poisonlab.image_quality import psnr
 from poisonlab.editing.photos import PhotoSet
 from poisonlab.editing.purify import jpeg_photos
+from poisonlab.image_quality import psnr
 from poisonlab.reporting import style
 from poisonlab.reporting.figures import FIGURES
 
