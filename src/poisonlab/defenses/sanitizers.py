@@ -52,11 +52,12 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
 @DEFENSES.register("jpeg", level="data", numbered="quality")
 def jpeg(*, quality: Annotated[int, Number(ge=1, le=100, integer=True)] = 10) -> Sanitizer:
     """JPEG encode and decode at ``quality`` (1..100; ISS uses 10), on the uint8 image."""
-    # torchvision is imported by the sanitizers that use it, not at the top: it costs ~1.3 s of start-up
-    # (it pulls in torch._dynamo) and every training job imports this package.
-    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-
     def compress(chunk: torch.Tensor) -> torch.Tensor:
+        # torchvision is imported when a sanitizer runs, not at the top nor when it is built: it costs
+        # ~1.3 s of start-up (it pulls in torch._dynamo), and every training job imports this package and
+        # Snakemake's own process builds every configured defense to check its options.
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
         # libjpeg on the CPU whatever the device, so the sanitized set does not depend on the machine.
         encoded = encode_jpeg(list(_as_uint8(chunk).cpu()), quality=quality)
         decoded = decode_jpeg(encoded, mode=ImageReadMode.UNCHANGED)
@@ -101,10 +102,10 @@ def bdr(*, bits: Annotated[int, Number(ge=1, le=8, integer=True)] = 2) -> Saniti
 @DEFENSES.register("blur", level="data")
 def blur(*, kernel_size: Annotated[int, Number(ge=3, integer=True, odd=True)] = 3, sigma: Positive = 0.1) -> Sanitizer:
     """Gaussian blur, ``kernel_size`` (odd, >= 3) × same, std ``sigma``; ISS and APBench: 3 and 0.1 (a no-op)."""
-    from torchvision.transforms.v2.functional import gaussian_blur  # here, as in jpeg
-
     def apply(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
               generator: torch.Generator) -> torch.Tensor:
+        from torchvision.transforms.v2.functional import gaussian_blur  # here, as in jpeg
+
         return _in_chunks(lambda chunk: gaussian_blur(chunk, [kernel_size, kernel_size], [float(sigma)] * 2), images)
 
     return Sanitizer(apply=apply)

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -135,7 +134,7 @@ def refinement_figure(refinement_json: str | os.PathLike, refinement_npz: str | 
     ax.set_xlabel("interpolant i")
     ax.set_ylabel(f"query accuracy (%), {record['way']}-way 1-shot")
     ax.legend(fontsize=8, loc="lower right", frameon=False)
-    sns.despine(ax=ax)
+    ax.spines[["top", "right"]].set_visible(False)  # seaborn's despine, without importing it for this
     style.add_caption(figure, (
         f"{record['dataset']} meta-test classes {', '.join(record['classes'])}" + (f" ({scale} scale)" if scale else "")
         + f" · model {record['method']}, recipe {record['recipe']}, seed {record['training_seed']}"

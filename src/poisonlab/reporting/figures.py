@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -131,6 +130,10 @@ def _caption_of_images(data: ImageDataset, *, scale: str, what: str) -> str:
 def _new_figure(rows: int, columns: int, *, size: tuple[float, float], style_name: str = STYLE,
                 **subplots) -> tuple[Figure, np.ndarray]:
     """A figure and its (rows, columns) axes, styled locally: seaborn's theme is not set for the process."""
+    # seaborn is imported here, where a figure is drawn: Snakemake's own process imports this module for
+    # the figures' names when it checks the config, and seaborn (scipy, pandas) costs it ~1.4 s.
+    import seaborn as sns
+
     figure = Figure(figsize=size, layout="constrained")
     with sns.axes_style(style_name):
         axes = figure.subplots(rows, columns, squeeze=False, **subplots)
