@@ -188,6 +188,34 @@ def test_sync_replays_each_line_once_and_skips_a_line_cut_by_a_kill(store, tmp_p
     assert client.get_run(run_id).data.params == {"lr": "0.1"} and client.get_run(run_id).info.status == "FINISHED"
 
 
+class Killed(Exception):
+    pass
+
+
+def killed(*args):
+    raise Killed
+
+
+def test_a_sync_killed_before_saving_its_position_does_not_make_the_run_twice(store, tmp_path, monkeypatch):
+    import mlflow
+
+    with tracking.tracked_run(tmp_path, resume=False, experiment=tracking.experiment_name("quadrants"),
+                              run_name="cell", params={"lr": 0.1}, tags={}) as run:
+        run.log_epoch({"epoch": 1, "test_acc": 50.0})
+        with monkeypatch.context() as patch:  # Snakemake's process killed mid-sync: MLflow has the run
+            patch.setattr(tracking, "write_json", killed)
+            with pytest.raises(Killed):
+                tracking.sync()
+        assert tracking.sync() == 3  # the whole journal again, from its start line
+        run.log_epoch({"epoch": 2, "test_acc": 60.0})
+    tracking.sync()
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(tracking.experiment_name("quadrants")).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.params == {"lr": "0.1"}
+    history = client.get_metric_history(runs[0].info.run_id, "test_acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 50.0), (2, 60.0)]
+
+
 def test_an_evaluation_lands_in_its_runs_mlflow_run_and_experiments_open_as_model_training(store, tmp_path):
     import mlflow
 

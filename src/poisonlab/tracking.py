@@ -259,9 +259,12 @@ def _replay(client: Any, path: Path) -> int:
     run_id, ended = state["run_id"], None
     for number, event in events:
         if event["event"] == "start":
-            run_id = client.create_run(experiment_id(client, event["experiment"]), start_time=event["time"],
-                                       run_name=event["run_name"],
-                                       tags={**event["tags"], "poisonlab.run_key": key}).info.run_id
+            # A sync killed after creating the run and before saving its position (``state``) replays the
+            # journal from its start: the run, found by its key, is continued rather than made twice
+            # (MLflow keeps one copy of a metric logged again with the same step, time and value).
+            run_id = _run_with_key(client, key) or client.create_run(
+                experiment_id(client, event["experiment"]), start_time=event["time"], run_name=event["run_name"],
+                tags={**event["tags"], "poisonlab.run_key": key}).info.run_id
             params = [Param(k, v) for k, v in event["params"].items()]
             for i in range(0, len(params), MAX_BATCH):
                 client.log_batch(run_id, params=params[i:i + MAX_BATCH])
@@ -370,7 +373,10 @@ def mlflow_run_id(key: str) -> str | None:
     """The id of the MLflow run a record's ``run_key`` names (after a ``sync``), or None."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri())
+    return _run_with_key(mlflow.MlflowClient(tracking_uri()), key)
+
+
+def _run_with_key(client: Any, key: str) -> str | None:
     experiments = [e.experiment_id for e in client.search_experiments() if e.name.startswith("poisonlab/")]
     runs = client.search_runs(experiments, filter_string=f"tags.`poisonlab.run_key` = '{key}'") if experiments else []
     return runs[0].info.run_id if runs else None
