@@ -25,11 +25,13 @@ bench: $(VENV)/.installed
 
 # The exact versions of constraints.txt (torch==2.14.1 / torchvision==0.29.1 among them; pyproject.toml holds the
 # ranges). pip installs uv (pinned there too), uv the rest: the same wheels from the same index, downloaded and
-# unpacked in parallel (measured: 37 s for the ~6 GB of torch's CUDA stack where pip took 7 min 49 s). uv does
-# not read pip.conf: a private index goes in UV_DEFAULT_INDEX. The marker file makes a second `make` skip the
-# install until either file changes.
+# unpacked in parallel (measured: ~1.5 min with byte-code for the ~6 GB of torch's CUDA stack where pip took
+# 7 min 49 s). Byte-code is compiled at install, as pip does: uv leaves it to the first import, which cannot
+# write it where PYTHONDONTWRITEBYTECODE is set, and every process then compiled torch anew (the test suite took
+# 24 min instead of 18). uv does not read pip.conf: a private index goes in UV_DEFAULT_INDEX. The marker file
+# makes a second `make` skip the install until either file changes.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[test]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -c constraints.txt -e '.[test]'
 	touch $@
