@@ -21,11 +21,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 WORKFLOW_FILES = ("test_dvc.py", "test_slurm_cluster.py", "test_slurm_workflow.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Mark the workflow tests, so `make test-fast` (-m "not workflow and not slow") runs the unit tests alone."""
+    """Mark the workflow tests, so `make test-fast` (-m "not workflow and not slow") runs the unit tests alone;
+    put the tests that read smallcnn's CIFAR accuracies on one xdist worker, which trains each model once."""
     for item in items:
-        if "scratch_repo" in getattr(item, "fixturenames", ()) or item.path.name in WORKFLOW_FILES:
+        fixtures = getattr(item, "fixturenames", ())
+        if "scratch_repo" in fixtures or item.path.name in WORKFLOW_FILES:
             item.add_marker(pytest.mark.workflow)
+        if "cifar_accuracy" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("cifar-models"))
 
 
 @pytest.fixture
@@ -76,6 +81,22 @@ def poisoned_cifar(cifar_subset):
 
 
 @pytest.fixture(scope="session")
-def clean_cifar_accuracy(cifar_subset) -> float:
-    """smallcnn's quick_test_accuracy on the clean subset, trained once a session (measured ~48.7%)."""
-    return quick_test_accuracy(cifar_subset)
+def cifar_accuracy(cifar_subset, poisoned_cifar):
+    """``cifar_accuracy(name, augment=True)``: smallcnn's quick_test_accuracy on the clean subset (``"clean"``)
+    or on ``poisoned_cifar(name)``, trained once a session: several tests read a bound or a defense against
+    the same model."""
+    trained = {}
+
+    def get(name: str, *, augment: bool = True) -> float:
+        if (name, augment) not in trained:
+            dataset = cifar_subset if name == "clean" else poisoned_cifar(name)
+            trained[name, augment] = quick_test_accuracy(dataset, augment=augment)
+        return trained[name, augment]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def clean_cifar_accuracy(cifar_accuracy) -> float:
+    """smallcnn's quick_test_accuracy on the clean subset (measured ~48.7%)."""
+    return cifar_accuracy("clean")

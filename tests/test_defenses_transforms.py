@@ -275,13 +275,12 @@ def test_ueraser_falls_back_to_one_copy_after_its_adversarial_epochs():
 # ---------------------------------------------------------------- natural images
 
 
-def test_rsk_ff_recovers_much_of_what_cuda_took(poisoned_cifar, clean_cifar_accuracy):
+def test_rsk_ff_recovers_much_of_what_cuda_took(poisoned_cifar, cifar_accuracy, clean_cifar_accuracy):
     # Measured (smallcnn, 8 epochs, crop + flip, the 2,000-image CIFAR-10 subset, CPU): clean 48.7%, cuda
     # 32.8%, cuda + rsk-ff 41.4% (ssk-ff 39.7%): rsk-ff wins back 54% of the 15.9-point drop. The bound,
     # 30% of the drop (37.6%), leaves 3.8 points of margin for thread-count jitter.
-    cuda = poisoned_cifar("cuda")
-    undefended = quick_test_accuracy(cuda)
-    defended = quick_test_accuracy(cuda, defense=build_defense("rsk-ff"))
+    undefended = cifar_accuracy("cuda")
+    defended = quick_test_accuracy(poisoned_cifar("cuda"), defense=build_defense("rsk-ff"))
     drop = clean_cifar_accuracy - undefended
     assert drop > 10, (clean_cifar_accuracy, undefended)
     assert defended > undefended + 0.3 * drop, (clean_cifar_accuracy, undefended, defended)
