@@ -218,7 +218,7 @@ def ops_accuracy(cifar_accuracy, clean_accuracy_without_augmentation) -> float:
 def test_jpeg_10_recovers_ar(poisoned_cifar, cifar_accuracy, clean_cifar_accuracy):
     # Measured: clean 48.7, ar 34.4, ar + jpeg-10 45.2 (76% of the drop back); the bound asks 50%.
     poisoned_accuracy = cifar_accuracy("ar")
-    assert poisoned_accuracy < clean_cifar_accuracy - 8  # the poison bites
+    assert poisoned_accuracy < clean_cifar_accuracy - 6  # the poison bites (test_poisons_ar_cuda: 9.5-15.7)
     sanitized = quick_test_accuracy(apply_sanitizer("jpeg-10", poisoned_cifar("ar"), seed=0))
     assert recovered(sanitized, poisoned_accuracy, clean_cifar_accuracy), (sanitized, poisoned_accuracy)
 

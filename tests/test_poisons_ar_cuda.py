@@ -240,12 +240,14 @@ def test_published_coefficients_that_do_not_exist_stop_with_the_path(tmp_path):
 @pytest.mark.parametrize("name", ["ar", "cuda"])
 def test_training_on_the_poison_ends_far_below_clean(name, poisoned_cifar, cifar_accuracy,
                                                      clean_cifar_accuracy):
-    # Measured (smallcnn, 8 epochs, this 2,000-image subset, CPU): clean 48.7%, ar 34.4%, cuda 32.8%
-    # (ar-linf 47.8%: at 8/255 its L2 is ~0.35, too weak to bite at this scale). At this scale the drop
-    # is ~15 points (the papers' ResNet-18 on 50k images falls near chance); the bound, 10 points below
-    # clean, leaves 4-6 points of margin for thread-count jitter and still means the poison works.
+    # Measured (smallcnn, 8 epochs, this 2,000-image subset, one thread): clean 48.7%, ar 34.4%, cuda 32.8%
+    # on an AMD EPYC; clean 45.9 / 46.2%, ar 30.2 / 36.7%, cuda 29.4 / 29.8% on an Intel Xeon without / with
+    # oneDNN capped at AVX2 (ar-linf 47.8%: at 8/255 its L2 is ~0.35, too weak to bite at this scale). So a
+    # drop of 9.5-16.5 points (the papers' ResNet-18 on 50k images falls near chance) where poisons that do
+    # not bite here lose under a point (random-noise 45.4%, lsp 45.9% on the capped Xeon). AR's final
+    # accuracy moves by points with the CPU's kernels; the bound, 6 points below clean, sits between the two.
     poisoned = poisoned_cifar(name)
     if name == "ar":  # natural images clamp a little of the noise away: measured mean L2 0.991
         assert abs(poisoned.extras["perturbation_l2"].mean() - 1.0) < 0.03
     accuracy = cifar_accuracy(name)
-    assert accuracy < clean_cifar_accuracy - 10, (name, accuracy, clean_cifar_accuracy)
+    assert accuracy < clean_cifar_accuracy - 6, (name, accuracy, clean_cifar_accuracy)
