@@ -19,6 +19,10 @@ BIN = Path(sys.executable).parent  # the venv's bin: snakemake, dvc, python
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+class Killed(Exception):
+    """Raised where a test stops a job mid-way, standing for the SIGKILL its resume must survive."""
+
+
 def project_files() -> list[str]:
     """Tracked files and new ones git does not ignore: what a fresh clone plus this change holds."""
     listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from helpers import quadrant_dataset, quick_test_accuracy
+from helpers import Killed, quadrant_dataset, quick_test_accuracy
 
 from poisonlab.data.container import ImageDataset
 from poisonlab.defenses import DEFENSES, EpochContext, build_defense
@@ -251,10 +251,6 @@ def test_pst_needs_a_classifier_and_valid_options():
             build_defense("pst", options)
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_killed_pst_run_resumes_to_the_same_weights_and_stages(tmp_path):
     data = _device_data(quadrant_dataset(channels=3))
     reference_defense = build_defense("pst")
@@ -266,9 +262,9 @@ def test_a_killed_pst_run_resumes_to_the_same_weights_and_stages(tmp_path):
 
     def kill_after_epoch_2(row):
         if row["epoch"] == 2:
-            raise _Killed
+            raise Killed
 
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_model(), data, RECIPE, seed=0, checkpoint_path=checkpoint, on_epoch=kill_after_epoch_2,
             progress=False, defense=build_defense("pst"))
     resumed_defense = build_defense("pst")

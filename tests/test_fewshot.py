@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import Killed
 
 from poisonlab import tracking
 from poisonlab.data import build_dataset, stratified_subset
@@ -269,10 +270,6 @@ def test_decoded_prototypes_are_images_of_the_class_means(small):
 # ---------------------------------------------------------------- a whole run, killed and resumed
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_killed_run_resumes_to_the_same_model(small_container, mlflow_uri, tmp_path, monkeypatch):
     import mlflow
 
@@ -284,13 +281,13 @@ def test_a_killed_run_resumes_to_the_same_model(small_container, mlflow_uri, tmp
         def log_then_kill(row):
             on_epoch(row)
             if row["epoch"] == 2:
-                raise _Killed
+                raise Killed
         return fit_episodes(*args, on_epoch=log_then_kill, **kwargs)
 
     run_dir = tmp_path / "killed"
     with monkeypatch.context() as patch:
         patch.setattr(run_module, "fit_episodes", killed_after_epoch_2)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             train_fewshot_run(spec, TINY, small_container, run_dir, progress=False, device="cpu")
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists()
     killed_key = (run_dir / "run_key").read_text()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import Killed
 
 from poisonlab import tracking
 from poisonlab.cli import main as cli
@@ -70,10 +71,6 @@ def test_embedded_default_reaches_mnist_accuracy_and_logs_the_run(mnist5k_contai
     assert run.data.tags["run_dir"] == str(run_dir) and run.data.params["poison_options"] == "{}"  # clean data
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_rerun_after_a_config_change_trains_the_new_config_from_scratch(mnist5k_container, mlflow_uri, tmp_path,
                                                                          monkeypatch):
     # Killed after epoch 2 under one recipe, rerun under a changed one: no "belongs to another run" stop,
@@ -86,13 +83,13 @@ def test_a_rerun_after_a_config_change_trains_the_new_config_from_scratch(mnist5
         def log_then_kill(row):
             on_epoch(row)
             if row["epoch"] == 2:
-                raise _Killed
+                raise Killed
         return fit(*args, on_epoch=log_then_kill, **kwargs)
 
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(run_module, "fit", killed_after_epoch_2)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             train_run(spec, old, mnist5k_container, run_dir, device="cpu", progress=False)
     killed_key = (run_dir / "run_key").read_text()
     # The killed run's kept weights wait in epochs.partial/: epochs/, the train rule's output, is not there.
@@ -157,13 +154,13 @@ def test_a_run_killed_between_its_checkpoint_and_its_mlflow_log_keeps_every_epoc
     def killed_before_logging_epoch_2(*args, on_epoch, **kwargs):
         def kill_at_2_else_log(row):
             if row["epoch"] == 2:  # its checkpoint is written, its MLflow log never happens
-                raise _Killed
+                raise Killed
             on_epoch(row)
         return fit(*args, on_epoch=kill_at_2_else_log, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(run_module, "fit", killed_before_logging_epoch_2)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             train_run(spec, recipe, mnist5k_container, tmp_path / "run", device="cpu", progress=False)
     record = train_run(spec, recipe, mnist5k_container, tmp_path / "run", device="cpu", progress=False)
     tracking.sync()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import Killed
 
 from poisonlab.data import build_dataset
 from poisonlab.registry import ConfigError
@@ -322,10 +323,6 @@ def test_shapeless_targets_keep_each_digit_and_its_box_but_not_its_stroke(canvas
 
 RECIPE = Recipe.from_dict({"epochs": 2, "batch_size": 16, "optimizer": "adam", "lr": 0.01, "weight_decay": 0,
                            "schedule": "cosine", "precision": "fp32", "augment": {"crop": {"padding": 2}}})
-
-
-class Killed(Exception):
-    pass
 
 
 @pytest.mark.parametrize("procedure", ["standard", "sat"])

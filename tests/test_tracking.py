@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, quadrant_dataset, snakemake
+from helpers import ROOT, Killed, quadrant_dataset, snakemake
 from poisonlab import stale_runs, tracking
 
 # A training job: the toy cell's run, SIGKILLed by itself right after epoch ``kill_after`` is checkpointed and logged
@@ -186,10 +186,6 @@ def test_sync_replays_each_line_once_and_skips_a_line_cut_by_a_kill(store, tmp_p
     history = client.get_metric_history(run_id, "test_acc")
     assert sorted((m.step, m.value) for m in history) == [(1, 50.0), (2, 60.0)]
     assert client.get_run(run_id).data.params == {"lr": "0.1"} and client.get_run(run_id).info.status == "FINISHED"
-
-
-class Killed(Exception):
-    pass
 
 
 def killed(*args):

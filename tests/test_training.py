@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import quadrant_dataset
+from helpers import Killed, quadrant_dataset
 from poisonlab.registry import ConfigError
 from poisonlab.training import AUGMENTATIONS, DeviceData, Recipe, build_augmentations, fit
 from poisonlab.training import precision as precision_module
@@ -276,10 +276,6 @@ def test_auto_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch):
         precision_module.cpu_has_native_bf16.cache_clear()
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     data = DeviceData.from_container(quadrant_dataset(), torch.device("cpu"))
     fingerprint = {"run": "toy"}
@@ -290,9 +286,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
 
     def kill_after_epoch_2(row):
         if row["epoch"] == 2:
-            raise _Killed
+            raise Killed
 
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_toy_model(), data, RECIPE, seed=0, checkpoint_path=checkpoint, fingerprint=fingerprint,
             on_epoch=kill_after_epoch_2, progress=False)
     assert torch.load(checkpoint, weights_only=True)["history"][-1]["epoch"] == 2
@@ -319,9 +315,9 @@ def test_a_rerun_with_a_changed_configuration_starts_over(tmp_path, caplog):
 
     def kill_after_epoch_2(row):
         if row["epoch"] == 2:
-            raise _Killed
+            raise Killed
 
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         fit(_toy_model(), data, RECIPE, seed=0, checkpoint_path=checkpoint,
             fingerprint={"recipe": RECIPE.to_dict()}, on_epoch=kill_after_epoch_2, progress=False)
     rerun_model = _toy_model()
